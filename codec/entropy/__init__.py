@@ -1,0 +1,2 @@
+"""Entropy coders. Importing this package registers the built-in codecs."""
+from . import raw, zstd  # noqa: F401
