@@ -48,8 +48,16 @@ class Codec(ABC):
         """Chunks handed to `encode` are a multiple of this many bytes (except the last)."""
         return 1
 
-    def extra_sections(self, chunks: list[bytes]) -> dict[int, bytes]:
-        """Optional frame sections computed from the encoded chunks (e.g. a GPU sync index)."""
+    #: Section types (see formats/SPEC.md) that `extra_sections` returns, declared up front
+    #: so the container can size the frame header before encoding.
+    extra_section_types: ClassVar[tuple[int, ...]] = ()
+
+    def extra_sections(self, chunks: list[bytes | None]) -> dict[int, bytes]:
+        """Frame sections computed from the encoded chunks (e.g. a GPU sync index).
+
+        Called once per frame, only if `extra_section_types` is non-empty, with each chunk's
+        encoded bytes, or None for chunks the container stored raw.
+        """
         return {}
 
     def streams(self, decoded: np.ndarray, encoded: bytes) -> list["StreamStat"]:

@@ -1,0 +1,366 @@
+"""The Python API: arrays and bytes in memory, files on disk, lazy reading, verification.
+
+Keyword names match the CLI's options (`codec=`, `level=`, `workers=`, `overwrite=`).
+"""
+from __future__ import annotations
+
+import builtins
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .arrays import from_bytes, to_bytes_and_dtype
+from .errors import CodecError, FormatError
+from .policy import resolve
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------
+# In memory: one frame
+# --------------------------------------------------------------------------------------
+def compress(data, codec="auto", *, level: int | None = None, workers: int = 1,
+             chunk_size: int | None = None) -> bytes:
+    """Compress a numpy array, torch tensor or bytes into one self-describing frame."""
+    from .formats.frame import encode_frame
+    from .source import ArraySource
+
+    flat, dtype, shape = to_bytes_and_dtype(data)
+    src = ArraySource(flat)
+    c = resolve(codec, dtype, level).fit(src, dtype)
+    return encode_frame(src, c, dtype, shape, workers=workers, chunk_size=chunk_size)
+
+
+def decompress(frame, *, framework: str = "np", workers: int = 1):
+    """Decode a frame from `compress` to an array (numpy by default, or torch with framework='pt')."""
+    from .formats.frame import parse_frame
+
+    fr = parse_frame(frame)
+    return from_bytes(fr.decode(workers=workers), fr.dtype, fr.shape, framework)
+
+
+# --------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    input: str
+    output: str
+    original_size: int
+    compressed_size: int
+    seconds: float
+    tensors: int = 0
+
+    @property
+    def ratio(self) -> float:
+        """Compressed size / original size (smaller is better)."""
+        return self.compressed_size / self.original_size if self.original_size else 1.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.original_size / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self, verb: str) -> str:
+        return (f"{verb} {self.input} -> {self.output}: {_human(self.original_size)} -> "
+                f"{_human(self.compressed_size)} (ratio {100 * self.ratio:.2f} %, "
+                f"{self.original_size / max(self.compressed_size, 1):.3f}x) in {self.seconds:.2f} s, "
+                f"{self.mb_per_s:.0f} MB/s")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class _Sha256Thread(threading.Thread):
+    """Hashes a file in the background while it is being compressed (hashlib drops the GIL)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path, self.hexdigest, self.error = path, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            h = hashlib.sha256()
+            with builtins.open(self.path, "rb") as f:
+                while piece := f.read(8 << 20):
+                    h.update(piece)
+            self.hexdigest = h.hexdigest()
+        except Exception as exc:  # noqa: BLE001  (re-raised by the caller)
+            self.error = exc
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def compress_file(path, output=None, *, codec="auto", level: int | None = None,
+                  workers: int | None = None, overwrite: bool = False, container: str = "auto",
+                  chunk_size: int | None = None, progress: bool = False) -> Result:
+    """Compress a file (safetensors, or any file as opaque bytes) to `.nnc`, atomically."""
+    from .formats.frame import write_frame
+    from .formats.nncfile import AtomicWriter, Entry, NncWriter
+    from .safetensors_header import looks_like_safetensors, parse_header
+    from .source import FileRangeSource
+
+    path = Path(path)
+    output = Path(output) if output is not None else path.with_name(path.name + ".nnc")
+    if output.resolve() == path.resolve():
+        raise CodecError(f"output {output} is the input file")
+    workers = workers or default_workers()
+    t0 = time.perf_counter()
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        prefix = os.pread(fd, 9, 0)
+        if container == "auto":
+            container = "safetensors" if (path.suffix == ".safetensors"
+                                          or looks_like_safetensors(prefix, size)) else "bytes"
+        if container not in ("safetensors", "bytes"):
+            raise ValueError(f"container must be 'auto', 'safetensors' or 'bytes', not {container!r}")
+        pieces = []  # (role, source, dtype, shape, name)
+        metadata = None
+        if container == "safetensors":
+            n = int.from_bytes(prefix[:8], "little") if len(prefix) >= 8 else 0
+            head = os.pread(fd, min(8 + n, size, 8 + (100 << 20)), 0)
+            hdr = parse_header(head, size)
+            metadata = hdr.metadata
+            pieces.append(("header", FileRangeSource(fd, 0, hdr.data_start), "U8", [hdr.data_start], None))
+            for t in hdr.tensors:
+                pieces.append(("tensor", FileRangeSource(fd, hdr.data_start + t.begin, t.nbytes),
+                               t.dtype, t.shape, t.name))
+        else:
+            pieces.append(("bytes", FileRangeSource(fd, 0, size), "U8", [size], None))
+        sha = _Sha256Thread(path)
+        bar = _progress(size, f"compress {path.name}", progress)
+        with AtomicWriter(output, overwrite) as fh:
+            w = NncWriter(fh)
+            for role, src, dtype, shape, name in pieces:
+                c = resolve(codec, dtype, level) if role == "tensor" else resolve("zstd", "U8", level)
+                c = c.fit(src, dtype)
+                off = w.begin_frame()
+                fh.seek(off)
+                st = write_frame(fh, src, c, dtype, shape, workers=workers, chunk_size=chunk_size,
+                                 progress=bar.update)
+                w.add(Entry(role, off, st.encoded_size, name,
+                            dtype if role == "tensor" else None, shape if role == "tensor" else None))
+            sha.join()
+            if sha.error:
+                raise sha.error
+            end = w.finish(container, size, sha.hexdigest, metadata, f"codec {__version__}")
+        bar.close()
+    finally:
+        os.close(fd)
+    return Result(str(path), str(output), size, end, time.perf_counter() - t0,
+                  sum(p[0] == "tensor" for p in pieces))
+
+
+def _default_decompressed_name(path: Path) -> Path:
+    if path.suffix != ".nnc":
+        raise CodecError(f"{path} does not end in .nnc; pass an output path (-o)")
+    return path.with_suffix("")
+
+
+def decompress_file(path, output=None, *, workers: int | None = None, overwrite: bool = False,
+                    progress: bool = False) -> Result:
+    """Restore the original file from `.nnc`; its sha256 is checked before the rename."""
+    from .formats.nncfile import AtomicWriter, NncFile
+
+    path = Path(path)
+    output = Path(output) if output is not None else _default_decompressed_name(path)
+    workers = workers or default_workers()
+    t0 = time.perf_counter()
+    with NncFile(path) as nf:
+        total = nf.manifest["original_size"]
+        bar = _progress(total, f"decompress {path.name}", progress)
+        with AtomicWriter(output, overwrite) as fh:
+            h = hashlib.sha256()
+            written = 0
+            for entry in nf.entries:
+                frame = nf.frame(entry)
+                if written + frame.decoded_size > total:
+                    raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
+                for chunk in frame.iter_decoded(workers):
+                    fh.write(chunk)
+                    h.update(chunk)
+                    written += chunk.size
+                    bar.update(chunk.size)
+            _check_original(path, written, h.hexdigest(), nf.manifest)
+        bar.close()
+    return Result(str(path), str(output), total, path.stat().st_size, time.perf_counter() - t0)
+
+
+def _check_original(path, size: int, sha: str, manifest: dict) -> None:
+    from .errors import ChecksumError
+
+    if size != manifest["original_size"]:
+        raise FormatError(f"{path}: decoded {size} bytes, the original had {manifest['original_size']}")
+    if sha != manifest["original_sha256"]:
+        raise ChecksumError(f"{path}: sha256 of the restored file is {sha}, "
+                            f"expected {manifest['original_sha256']}")
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    ok: bool
+    frames: int = 0
+    original_size: int = 0
+    error: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def verify(path, *, workers: int | None = None, progress: bool = False) -> VerifyReport:
+    """Check every checksum and decode everything, without writing. Raises the first problem."""
+    from .formats.nncfile import NncFile
+
+    path = Path(path)
+    workers = workers or default_workers()
+    with NncFile(path) as nf:
+        total = nf.manifest["original_size"]
+        bar = _progress(total, f"verify {path.name}", progress)
+        h = hashlib.sha256()
+        seen = 0
+        for entry in nf.entries:
+            frame = nf.frame(entry)
+            if seen + frame.decoded_size > total:
+                raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
+            for chunk in frame.iter_decoded(workers):
+                h.update(chunk)
+                seen += chunk.size
+                bar.update(chunk.size)
+        bar.close()
+        _check_original(path, seen, h.hexdigest(), nf.manifest)
+        return VerifyReport(str(path), True, len(nf.entries), total)
+
+
+# --------------------------------------------------------------------------------------
+# Lazy reading
+# --------------------------------------------------------------------------------------
+class CompressedFile:
+    """`safe_open`-style reader of a `.nnc` file: reads only the frames asked for."""
+
+    def __init__(self, path, framework: str = "np", workers: int | None = None) -> None:
+        from .formats.nncfile import NncFile
+
+        self._nf = NncFile(path)
+        self.framework = framework
+        self.workers = workers or default_workers()
+
+    def keys(self) -> list[str]:
+        return list(self._nf.tensors)
+
+    def metadata(self) -> dict | None:
+        return self._nf.metadata
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._nf.tensors
+
+    def __len__(self) -> int:
+        return len(self._nf.tensors)
+
+    def dtype(self, name: str) -> str:
+        return self._entry(name).dtype
+
+    def shape(self, name: str) -> list[int]:
+        return list(self._entry(name).shape)
+
+    def _entry(self, name: str):
+        try:
+            return self._nf.tensors[name]
+        except KeyError:
+            raise KeyError(f"no tensor named {name!r} in {self._nf.path}") from None
+
+    def frame(self, name: str):
+        """The parsed frame of one tensor (for the GPU decoder and the inference hook)."""
+        return self._nf.frame(self._entry(name))
+
+    def get_tensor(self, name: str, framework: str | None = None):
+        fr = self.frame(name)
+        raw = fr.decode(workers=self.workers)
+        return from_bytes(raw, fr.dtype, fr.shape, framework or self.framework)
+
+    def close(self) -> None:
+        self._nf.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open(path, framework: str = "np", workers: int | None = None) -> CompressedFile:  # noqa: A001
+    """Open a `.nnc` file for lazy reading: `keys()`, `metadata()`, `get_tensor(name)`."""
+    return CompressedFile(path, framework, workers)
+
+
+# --------------------------------------------------------------------------------------
+# Inspection
+# --------------------------------------------------------------------------------------
+def inspect(path, *, entropy: bool = True, workers: int | None = None) -> dict:
+    """A JSON-ready description of a `.nnc` file: versions, and per tensor its pipeline and sizes.
+
+    With `entropy=True` every chunk is decoded to report the order-0 entropy of each stream
+    beside the bits actually spent.
+    """
+    from .formats.frame import MODE_RAW
+    from .formats.nncfile import NncFile
+    from .stats import StreamStat
+
+    path = Path(path)
+    with NncFile(path) as nf:
+        man = nf.manifest
+        rows = []
+        for entry in nf.entries:
+            fr = nf.frame(entry)
+            codec = fr.codec
+            row = {
+                "name": entry.name if entry.role == "tensor" else f"<{entry.role}>",
+                "role": entry.role, "dtype": fr.dtype, "shape": fr.shape,
+                "codec": codec.describe(), "config": fr.config["codec"],
+                "lossy": fr.lossy, "chunks": fr.chunk_count,
+                "raw_chunks": int((fr.index["mode"] == MODE_RAW).sum()),
+                "bytes_before": fr.decoded_size, "bytes_after": entry.length,
+                "ratio": entry.length / fr.decoded_size if fr.decoded_size else 1.0,
+            }
+            if entropy:
+                streams: dict[str, StreamStat] = {}
+                for i in range(fr.chunk_count):
+                    out = np.empty(fr.chunk_decoded_size(i), np.uint8)
+                    fr.decode_chunk(i, out, codec)
+                    enc = bytes(fr.encoded_chunk(i))
+                    if int(fr.index[i]["mode"]) == MODE_RAW:
+                        found = [StreamStat(s.name, s.symbols, s.entropy_bits, 0)
+                                 for s in codec.streams(out, codec.encode(out))]
+                        found[0].spent_bits = 8 * len(enc)
+                    else:
+                        found = codec.streams(out, enc)
+                    for s in found:
+                        streams[s.name] = streams[s.name].merge(s) if s.name in streams else s
+                row["streams"] = [{"name": s.name, "symbols": s.symbols,
+                                   "entropy_bits": round(s.entropy_bits, 1), "spent_bits": s.spent_bits}
+                                  for s in streams.values()]
+            rows.append(row)
+        return {
+            "path": str(path), "format_version": ".".join(map(str, man["format"])),
+            "written_by": man["library"], "read_by": f"codec {__version__}",
+            "container": man["container"], "original_size": man["original_size"],
+            "original_sha256": man["original_sha256"], "compressed_size": path.stat().st_size,
+            "metadata": man.get("metadata"), "tensors": rows,
+        }

@@ -1,0 +1,41 @@
+"""Random access to a container's bytes without mapping the whole file.
+
+`PreadBuffer` looks like a read-only bytes object (len, slicing) but reads each slice
+with `os.pread`, so touching one tensor of a large file reads only its bytes and memory
+never grows with the file size (a memory map would count every touched page as resident).
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import TruncatedError
+
+
+class PreadBuffer:
+    def __init__(self, fd: int, size: int | None = None) -> None:
+        self.fd = fd
+        self.size = os.fstat(fd).st_size if size is None else size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key) -> bytes:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("PreadBuffer supports contiguous slices only")
+        start, stop, _ = key.indices(self.size)
+        n = max(0, stop - start)
+        data = os.pread(self.fd, n, start)
+        while len(data) < n:  # pread may return short reads on some filesystems
+            more = os.pread(self.fd, n - len(data), start + len(data))
+            if not more:
+                raise TruncatedError(f"file ended at byte {start + len(data)} while reading [{start}, {stop})")
+            data += more
+        return data
+
+
+def as_buffer(obj):
+    """bytes-like -> memoryview of bytes; PreadBuffer passes through."""
+    if isinstance(obj, PreadBuffer):
+        return obj
+    mv = memoryview(obj)
+    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv

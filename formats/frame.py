@@ -1,0 +1,418 @@
+"""Frames: one tensor or data object, chunked, checksummed, self-describing (SPEC.md section 2).
+
+Writing streams chunks through a thread pool into a seekable file object and patches the
+header at the end, so memory is bounded by chunk size times workers. Reading validates the
+header checksum before trusting any field, then every section against the frame's bounds.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..checksum import Hasher, xxh64
+from ..errors import ChecksumError, FormatError, TruncatedError, UnsupportedVersionError
+from ..registry import get_codec
+from .buffer import as_buffer
+
+FRAME_MAGIC = b"NNCF"
+VERSION = (1, 0)
+FIXED = struct.Struct("<4sBBHQQIIHBB")  # magic, major, minor, flags, decoded, chunk_size, chunks, cfg_len, n_sec, id_len, reserved
+DIR_ENTRY = struct.Struct("<HHIQQQ")    # type, flags, reserved, offset, length, checksum
+INDEX_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u8"), ("checksum", "<u8"),
+                        ("mode", "u1"), ("reserved", "u1", (7,))])
+
+FLAG_LOSSY = 0x0001
+KNOWN_FLAGS = FLAG_LOSSY
+SECTION_MUST_UNDERSTAND = 0x0001
+
+SEC_CHUNK_INDEX = 1
+SEC_PAYLOAD = 2
+SEC_CODER_TABLES = 3
+SEC_GPU_SYNC = 4
+KNOWN_SECTIONS = {SEC_CHUNK_INDEX: "chunk index", SEC_PAYLOAD: "payload",
+                  SEC_CODER_TABLES: "coder tables", SEC_GPU_SYNC: "gpu sync index"}
+
+MODE_CODED = 0
+MODE_RAW = 1
+
+MAX_CONFIG = 1 << 20          # 1 MiB of JSON is far beyond any real config
+MAX_SECTIONS = 16
+MAX_CHUNK_SIZE = 1 << 28      # 256 MiB: bounds the memory one chunk can ask for
+MAX_ID = 64
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+
+@dataclass
+class FrameStats:
+    decoded_size: int = 0
+    encoded_size: int = 0
+    raw_chunks: int = 0
+    chunks: int = 0
+
+
+@dataclass
+class Section:
+    type: int
+    flags: int
+    offset: int   # from the frame start
+    length: int
+    checksum: int
+
+
+@dataclass
+class Frame:
+    """A parsed, validated frame header; decoding reads the payload lazily from `buf`."""
+
+    buf: object              # the whole container (memoryview or PreadBuffer) (file map or bytes); frame at `base`
+    base: int
+    length: int
+    where: str               # for error messages, e.g. "tensor 'w' (frame 3)"
+    flags: int
+    decoded_size: int
+    chunk_size: int
+    chunk_count: int
+    codec_id: str
+    config: dict
+    sections: dict[int, Section] = field(default_factory=dict)
+    _index: np.ndarray | None = None
+
+    # -- fields of the config ---------------------------------------------------------
+    @property
+    def dtype(self) -> str:
+        return self.config.get("dtype", "U8")
+
+    @property
+    def shape(self) -> list[int]:
+        return self.config.get("shape", [self.decoded_size])
+
+    @property
+    def lossy(self) -> bool:
+        return bool(self.flags & FLAG_LOSSY)
+
+    @property
+    def codec(self):
+        return get_codec(self.config["codec"])
+
+    # -- sections ----------------------------------------------------------------------
+    def section_bytes(self, sec_type: int, verify: bool = True) -> memoryview:
+        sec = self.sections.get(sec_type)
+        if sec is None:
+            raise FormatError(f"{self.where}: missing {KNOWN_SECTIONS.get(sec_type, sec_type)} section")
+        data = self.buf[self.base + sec.offset:self.base + sec.offset + sec.length]
+        if verify and xxh64(data) != sec.checksum:
+            raise ChecksumError(f"{self.where}: {KNOWN_SECTIONS.get(sec_type, sec_type)} section checksum "
+                                f"mismatch at byte {self.base + sec.offset}")
+        return data
+
+    @property
+    def index(self) -> np.ndarray:
+        if self._index is None:
+            self._index = _parse_index(self)
+        return self._index
+
+    def chunk_decoded_size(self, i: int) -> int:
+        return min(self.chunk_size, self.decoded_size - i * self.chunk_size)
+
+    def encoded_chunk(self, i: int) -> memoryview:
+        ent = self.index[i]
+        payload = self.sections[SEC_PAYLOAD]
+        start = self.base + payload.offset + int(ent["offset"])
+        return self.buf[start:start + int(ent["size"])]
+
+    # -- decoding ----------------------------------------------------------------------
+    def decode_chunk(self, i: int, out: np.ndarray, codec=None) -> np.ndarray:
+        """Decode chunk i into `out` (uint8, its decoded size) and verify its checksum."""
+        ent = self.index[i]
+        enc = self.encoded_chunk(i)
+        where = f"{self.where}, chunk {i} (payload byte {int(ent['offset'])})"
+        if int(ent["mode"]) == MODE_RAW:
+            if len(enc) != out.size:
+                raise FormatError(f"{where}: raw chunk holds {len(enc)} bytes, expected {out.size}")
+            out[:] = np.frombuffer(enc, dtype=np.uint8)
+        else:
+            try:
+                (codec or self.codec).decode(enc, out)
+            except FormatError as exc:
+                raise type(exc)(f"{where}: {exc}") from None
+            except (ValueError, IndexError, OverflowError, MemoryError) as exc:
+                raise FormatError(f"{where}: undecodable ({type(exc).__name__}: {exc})") from None
+        got = xxh64(out)
+        if got != int(ent["checksum"]):
+            raise ChecksumError(f"{where}: checksum of decoded bytes is {got:016x}, "
+                                f"expected {int(ent['checksum']):016x}")
+        return out
+
+    def verify_section(self, sec_type: int, piece: int = 16 << 20) -> None:
+        """Check a section's checksum reading it a piece at a time (payloads can be huge)."""
+        sec = self.sections[sec_type]
+        h = Hasher()
+        start = self.base + sec.offset
+        for off in range(0, sec.length, piece):
+            h.update(self.buf[start + off:start + min(sec.length, off + piece)])
+        if h.intdigest() != sec.checksum:
+            raise ChecksumError(f"{self.where}: {KNOWN_SECTIONS.get(sec_type, sec_type)} section checksum "
+                                f"mismatch (section at byte {start}, {sec.length} bytes)")
+
+    def iter_decoded(self, workers: int = 1, verify_payload: bool = True) -> Iterator[np.ndarray]:
+        """Yield decoded chunks in order; at most ~2*workers chunks are held at once."""
+        if verify_payload and SEC_PAYLOAD in self.sections:
+            self.verify_section(SEC_PAYLOAD)
+        codec = self.codec if self.chunk_count else None
+
+        def one(i: int) -> np.ndarray:
+            return self.decode_chunk(i, np.empty(self.chunk_decoded_size(i), np.uint8), codec)
+
+        yield from _ordered_map(one, range(self.chunk_count), workers)
+
+    def decode(self, out: np.ndarray | None = None, workers: int = 1) -> np.ndarray:
+        """Decode the whole frame into a flat uint8 array."""
+        if out is None:
+            out = np.empty(self.decoded_size, np.uint8)
+        elif out.size != self.decoded_size or out.dtype != np.uint8:
+            raise ValueError(f"out must be uint8 of {self.decoded_size} bytes")
+        if SEC_PAYLOAD in self.sections:
+            self.verify_section(SEC_PAYLOAD)
+        codec = self.codec if self.chunk_count else None
+
+        def one(i: int) -> None:
+            s = i * self.chunk_size
+            self.decode_chunk(i, out[s:s + self.chunk_decoded_size(i)], codec)
+
+        for _ in _ordered_map(one, range(self.chunk_count), workers):
+            pass
+        return out
+
+
+def _ordered_map(fn: Callable, items, workers: int) -> Iterator:
+    """map() over a thread pool with bounded look-ahead, results in order."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for it in items:
+            yield fn(it)
+        return
+    from collections import deque
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        it = iter(items)
+        for x in it:
+            pending.append(pool.submit(fn, x))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            try:
+                yield fut.result()
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+
+
+# --------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------
+def parse_frame(buf, base: int = 0, length: int | None = None, where: str = "frame") -> Frame:
+    """Parse and validate the frame at `buf[base:base+length]`."""
+    buf = as_buffer(buf)
+    if length is None:
+        length = len(buf) - base
+    if base < 0 or length < 0 or base + length > len(buf):
+        raise TruncatedError(f"{where}: frame [{base}, {base + length}) lies outside the {len(buf)}-byte input")
+    if length < FIXED.size:
+        raise TruncatedError(f"{where}: {length} bytes is shorter than a frame header ({FIXED.size} bytes)")
+    (magic, major, minor, flags, decoded, chunk_size, chunks, cfg_len, n_sec, id_len,
+     reserved) = FIXED.unpack(buf[base:base + FIXED.size])
+    if magic != FRAME_MAGIC:
+        raise FormatError(f"{where}: bad magic {bytes(magic)!r} at byte {base}, expected {FRAME_MAGIC!r}")
+    if major != VERSION[0]:
+        raise UnsupportedVersionError(f"{where}: format version {major}.{minor} is not supported "
+                                      f"(this library reads {VERSION[0]}.x)")
+    header_len = FIXED.size + id_len + cfg_len + n_sec * DIR_ENTRY.size + 8
+    if cfg_len > MAX_CONFIG or n_sec > MAX_SECTIONS or id_len > MAX_ID or header_len > length:
+        raise TruncatedError(f"{where}: header of {header_len} bytes (config {cfg_len}, {n_sec} sections) "
+                             f"does not fit in the {length}-byte frame at byte {base}")
+    head = buf[base:base + header_len]
+    stored = struct.unpack_from("<Q", head, header_len - 8)[0]
+    actual = xxh64(head[:header_len - 8])
+    if stored != actual:
+        raise ChecksumError(f"{where}: header checksum mismatch at byte {base + header_len - 8} "
+                            f"(stored {stored:016x}, computed {actual:016x})")
+    # From here on the header is what the writer wrote; validate its meaning.
+    if flags & ~KNOWN_FLAGS or reserved:
+        raise UnsupportedVersionError(f"{where}: reserved header bits set (flags {flags:#06x}, reserved {reserved})")
+    if minor > VERSION[1]:
+        raise UnsupportedVersionError(f"{where}: format version {major}.{minor} is newer than {VERSION[0]}.{VERSION[1]}")
+    try:
+        codec_id = bytes(head[FIXED.size:FIXED.size + id_len]).decode("ascii")
+        config = json.loads(bytes(head[FIXED.size + id_len:FIXED.size + id_len + cfg_len]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"{where}: header config is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("codec"), dict) \
+            or config["codec"].get("id") != codec_id:
+        raise FormatError(f"{where}: config does not name codec {codec_id!r}")
+    if chunks:
+        if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+            raise FormatError(f"{where}: chunk size {chunk_size} outside (0, {MAX_CHUNK_SIZE}]")
+        if chunks != -(-decoded // chunk_size):
+            raise FormatError(f"{where}: {chunks} chunks cannot hold {decoded} bytes of {chunk_size}")
+    elif decoded:
+        raise FormatError(f"{where}: {decoded} decoded bytes but no chunks")
+    frame = Frame(buf, base, length, where, flags, decoded, chunk_size, chunks, codec_id, config)
+    pos = FIXED.size + id_len + cfg_len
+    spans = []
+    for k in range(n_sec):
+        typ, sflags, sres, off, slen, csum = DIR_ENTRY.unpack_from(head, pos + k * DIR_ENTRY.size)
+        if sres or sflags & ~SECTION_MUST_UNDERSTAND:
+            raise UnsupportedVersionError(f"{where}: section {k} has reserved bits set")
+        if off < header_len or slen > length or off > length - slen:
+            raise FormatError(f"{where}: section {k} ({KNOWN_SECTIONS.get(typ, typ)}) at [{off}, {off + slen}) "
+                              f"lies outside the frame body [{header_len}, {length})")
+        if typ in frame.sections:
+            raise FormatError(f"{where}: section type {typ} appears twice")
+        if typ not in KNOWN_SECTIONS:
+            if sflags & SECTION_MUST_UNDERSTAND:
+                raise UnsupportedVersionError(f"{where}: unknown must-understand section type {typ}")
+            continue
+        spans.append((off, off + slen, typ))
+        frame.sections[typ] = Section(typ, sflags, off, slen, csum)
+    spans.sort()
+    for (a0, a1, ta), (b0, b1, tb) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise FormatError(f"{where}: sections {ta} and {tb} overlap")
+    if chunks and (SEC_CHUNK_INDEX not in frame.sections or SEC_PAYLOAD not in frame.sections):
+        raise FormatError(f"{where}: frame with {chunks} chunks lacks its chunk index or payload")
+    return frame
+
+
+def _parse_index(frame: Frame) -> np.ndarray:
+    if not frame.chunk_count:
+        return np.zeros(0, INDEX_DTYPE)
+    raw = frame.section_bytes(SEC_CHUNK_INDEX)
+    if len(raw) != frame.chunk_count * INDEX_DTYPE.itemsize:
+        raise FormatError(f"{frame.where}: chunk index holds {len(raw)} bytes, expected "
+                          f"{frame.chunk_count} x {INDEX_DTYPE.itemsize}")
+    idx = np.frombuffer(raw, INDEX_DTYPE)
+    payload_len = frame.sections[SEC_PAYLOAD].length
+    sizes = idx["size"].astype(np.uint64)
+    expected_off = np.concatenate([[0], np.cumsum(sizes, dtype=np.uint64)[:-1]]).astype(np.uint64)
+    dec = np.full(frame.chunk_count, frame.chunk_size, np.uint64)
+    dec[-1] = frame.decoded_size - (frame.chunk_count - 1) * frame.chunk_size
+    bad = np.flatnonzero((idx["offset"] != expected_off) | (sizes > dec) | (idx["mode"] > MODE_RAW)
+                         | idx["reserved"].any(axis=1) | ((idx["mode"] == MODE_RAW) & (sizes != dec)))
+    if bad.size:
+        i = int(bad[0])
+        raise FormatError(f"{frame.where}: chunk {i} index entry is invalid (offset {int(idx['offset'][i])}, "
+                          f"size {int(sizes[i])}, decoded {int(dec[i])}, mode {int(idx['mode'][i])})")
+    if int(sizes.sum()) != payload_len:
+        raise FormatError(f"{frame.where}: chunks cover {int(sizes.sum())} payload bytes, payload holds {payload_len}")
+    return idx
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------
+def _header_bytes(flags, decoded, chunk_size, chunks, codec_id: bytes, cfg: bytes,
+                  directory: list[Section]) -> bytes:
+    parts = [FIXED.pack(FRAME_MAGIC, VERSION[0], VERSION[1], flags, decoded, chunk_size, chunks,
+                        len(cfg), len(directory), len(codec_id), 0), codec_id, cfg]
+    parts += [DIR_ENTRY.pack(s.type, s.flags, 0, s.offset, s.length, s.checksum) for s in directory]
+    head = b"".join(parts)
+    return head + struct.pack("<Q", xxh64(head))
+
+
+def write_frame(fh, source, codec, dtype: str, shape, *, chunk_size: int | None = None,
+                workers: int = 1, progress: Callable[[int], None] | None = None,
+                extra_config: dict | None = None) -> FrameStats:
+    """Encode `source` (a TensorSource) with a fitted `codec` into the seekable file `fh`.
+
+    Writes at fh's current position; leaves it at the frame's end.
+    """
+    size = source.size
+    align = max(1, codec.chunk_alignment())
+    chunk_size = chunk_size or getattr(codec, "default_chunk_size", DEFAULT_CHUNK_SIZE)
+    chunk_size = max(align, chunk_size // align * align)
+    if chunk_size > MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk size {chunk_size} exceeds {MAX_CHUNK_SIZE}")
+    n_chunks = -(-size // chunk_size) if size else 0
+    config = {"codec": codec.get_config(), "dtype": dtype, "shape": [int(s) for s in shape]}
+    if extra_config:
+        config.update(extra_config)
+    cfg = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    cid = codec.codec_id.encode("ascii")
+    flags = 0 if codec.lossless else FLAG_LOSSY
+    # Codecs with extra sections (the GPU sync index) see the encoded chunks at the end;
+    # everyone else streams in bounded memory.
+    extra_types = tuple(getattr(codec, "extra_section_types", ()))
+    keep = bool(extra_types)
+    n_dir = 2 + len(extra_types)
+    header_len = FIXED.size + len(cid) + len(cfg) + n_dir * DIR_ENTRY.size + 8
+    start = fh.tell()
+    index_off = header_len
+    index = np.zeros(n_chunks, INDEX_DTYPE)
+    payload_off = index_off + index.nbytes
+    fh.seek(start + payload_off)
+
+    def encode_one(i: int):
+        raw = source.read(i * chunk_size, min(chunk_size, size - i * chunk_size))
+        enc = codec.encode(raw) if raw.size else b""
+        csum = xxh64(raw)
+        if len(enc) >= raw.size:
+            return raw.tobytes(), MODE_RAW, csum, enc if keep else None
+        return enc, MODE_CODED, csum, enc if keep else None
+
+    stats = FrameStats(decoded_size=size, chunks=n_chunks)
+    payload_hash = Hasher()
+    pos = 0
+    kept: list[bytes | None] = []
+    for i, (data, mode, csum, coded) in enumerate(_ordered_map(encode_one, range(n_chunks), workers)):
+        fh.write(data)
+        payload_hash.update(data)
+        index[i]["offset"], index[i]["size"] = pos, len(data)
+        index[i]["checksum"], index[i]["mode"] = csum, mode
+        stats.raw_chunks += mode == MODE_RAW
+        pos += len(data)
+        if keep:
+            kept.append(coded if mode == MODE_CODED else None)
+        if progress:
+            progress(min(chunk_size, size - i * chunk_size))
+    directory = [Section(SEC_CHUNK_INDEX, SECTION_MUST_UNDERSTAND, index_off, index.nbytes, xxh64(index)),
+                 Section(SEC_PAYLOAD, SECTION_MUST_UNDERSTAND, payload_off, pos, payload_hash.intdigest())]
+    end = payload_off + pos
+    if keep:
+        sections = codec.extra_sections(kept)
+        if sorted(sections) != sorted(extra_types):
+            raise RuntimeError(f"codec {codec.codec_id} returned sections {sorted(sections)}, "
+                               f"declared {sorted(extra_types)}")
+        for typ in sorted(sections):
+            blob = sections[typ]
+            directory.append(Section(typ, 0 if typ == SEC_GPU_SYNC else SECTION_MUST_UNDERSTAND,
+                                     end, len(blob), xxh64(blob)))
+            fh.write(blob)
+            end += len(blob)
+    head = _header_bytes(flags, size, chunk_size, n_chunks, cid, cfg, directory)
+    fh.seek(start)
+    fh.write(head)
+    fh.write(index.tobytes())
+    fh.seek(start + end)
+    stats.encoded_size = end
+    return stats
+
+
+def encode_frame(data, codec, dtype: str, shape, **kw) -> bytes:
+    """A whole frame as bytes (for `codec.compress`)."""
+    import io
+
+    from ..source import ArraySource
+
+    bio = io.BytesIO()
+    write_frame(bio, data if hasattr(data, "read") else ArraySource(data), codec, dtype, shape, **kw)
+    return bio.getvalue()
