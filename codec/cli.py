@@ -1,0 +1,239 @@
+"""The `codec` command line. Exit codes: 0 ok, 1 data error, 2 usage error, 3 missing backend."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
+
+
+def _codec_arg(text: str):
+    """`--codec` takes an id (zstd), id:level (zstd:19) or a JSON config."""
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"--codec JSON is invalid: {exc}") from None
+    return text
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-w", "--workers", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="codec", description="Lossless compression of neural-network "
+                                     "weights and data.")
+    parser.add_argument("--version", action="version", version=f"codec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("compress", help="compress files to .nnc")
+    p.add_argument("inputs", nargs="+", metavar="FILE")
+    p.add_argument("-o", "--output", help="output path (one input only)")
+    p.add_argument("-c", "--codec", type=_codec_arg, default="auto",
+                   help="auto (default), a codec id, or a JSON config; see `codec codecs`")
+    p.add_argument("-l", "--level", type=int, default=None, help="level for codecs that take one")
+    p.add_argument("--container", choices=["auto", "safetensors", "bytes"], default="auto",
+                   help="how to read the input (auto: safetensors if it is one, else opaque bytes)")
+    p.add_argument("--chunk-size", type=int, default=None, help="decoded bytes per chunk")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    _add_common(p)
+
+    p = sub.add_parser("decompress", help="restore the original files from .nnc")
+    p.add_argument("inputs", nargs="+", metavar="FILE")
+    p.add_argument("-o", "--output", help="output path (one input only)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    _add_common(p)
+
+    p = sub.add_parser("inspect", help="show the format, codecs and sizes of a .nnc file")
+    p.add_argument("input", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-entropy", action="store_true", help="skip decoding for per-stream entropy")
+    _add_common(p)
+
+    p = sub.add_parser("verify", help="check every checksum and decode everything")
+    p.add_argument("inputs", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    _add_common(p)
+
+    p = sub.add_parser("codecs", help="list the registered codecs")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("demo", help="compress a small generated model and show the result")
+    p.add_argument("--dir", default=None, help="where to write the demo files (default: a temp dir)")
+    _add_common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.WARNING,
+                        format="codec: %(message)s")
+    from .errors import BackendUnavailableError, CodecError
+
+    try:
+        return _COMMANDS[args.command](args, parser)
+    except BackendUnavailableError as exc:
+        return _fail(args, exc, EXIT_BACKEND)
+    except (CodecError, OSError) as exc:
+        return _fail(args, exc, EXIT_DATA)
+    except KeyboardInterrupt:
+        print("codec: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(args, exc: BaseException, code: int) -> int:
+    if getattr(args, "debug", False):
+        raise exc
+    print(f"codec: error: {exc}", file=sys.stderr)
+    return code
+
+
+def _usage(parser, msg: str) -> int:
+    parser.print_usage(sys.stderr)
+    print(f"codec: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _progress(args) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def cmd_compress(args, parser) -> int:
+    from .api import compress_file
+    from .errors import UnknownCodecError
+    from .registry import get_codec
+
+    if args.output and len(args.inputs) > 1:
+        return _usage(parser, "-o/--output needs exactly one input")
+    if args.codec != "auto":
+        try:
+            get_codec(args.codec if args.level is None or not isinstance(args.codec, str)
+                      else {"id": args.codec, "level": args.level})
+        except (UnknownCodecError, ValueError) as exc:
+            return _usage(parser, str(exc))
+    results = []
+    for path in args.inputs:
+        r = compress_file(path, args.output, codec=args.codec, level=args.level, workers=args.workers,
+                          overwrite=args.force, container=args.container, chunk_size=args.chunk_size,
+                          progress=_progress(args))
+        results.append(r)
+        if not args.json and not args.quiet:
+            print(r.summary("compressed"))
+    if args.json:
+        print(json.dumps([_result_json(r) for r in results], indent=2))
+    return EXIT_OK
+
+
+def _result_json(r) -> dict:
+    return {"input": r.input, "output": r.output, "original_size": r.original_size,
+            "compressed_size": r.compressed_size, "ratio": r.ratio, "seconds": r.seconds,
+            "mb_per_s": r.mb_per_s}
+
+
+def cmd_decompress(args, parser) -> int:
+    from .api import decompress_file
+
+    if args.output and len(args.inputs) > 1:
+        return _usage(parser, "-o/--output needs exactly one input")
+    results = []
+    for path in args.inputs:
+        r = decompress_file(path, args.output, workers=args.workers, overwrite=args.force,
+                            progress=_progress(args))
+        results.append(r)
+        if not args.json and not args.quiet:
+            print(r.summary("decompressed").replace(" (ratio", " (from ratio"))
+    if args.json:
+        print(json.dumps([_result_json(r) for r in results], indent=2))
+    return EXIT_OK
+
+
+def cmd_verify(args, parser) -> int:
+    from .api import verify
+    from .errors import CodecError
+
+    code, out = EXIT_OK, []
+    for path in args.inputs:
+        try:
+            rep = verify(path, workers=args.workers, progress=_progress(args))
+            out.append({"path": path, "ok": True, "frames": rep.frames, "original_size": rep.original_size})
+            if not args.json and not args.quiet:
+                print(f"{path}: OK ({rep.frames} frames, {rep.original_size} bytes, sha256 matches)")
+        except (CodecError, OSError) as exc:
+            if args.debug:
+                raise
+            code = EXIT_DATA
+            out.append({"path": path, "ok": False, "error": str(exc)})
+            if not args.json:
+                print(f"{path}: FAILED: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return code
+
+
+def cmd_inspect(args, parser) -> int:
+    from .api import inspect
+
+    info = inspect(args.input, entropy=not args.no_entropy, workers=args.workers)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"{info['path']}: format {info['format_version']}, written by {info['written_by']}, "
+          f"read by {info['read_by']}")
+    print(f"container {info['container']}, original {info['original_size']} bytes "
+          f"(sha256 {info['original_sha256'][:16]}...), compressed {info['compressed_size']} bytes "
+          f"= {100 * info['compressed_size'] / max(info['original_size'], 1):.2f} %")
+    if info["metadata"]:
+        print(f"metadata: {json.dumps(info['metadata'])[:200]}")
+    head = f"{'tensor':<40} {'dtype':<8} {'shape':<18} {'codec':<28} {'before':>12} {'after':>12} {'ratio':>7}"
+    print(head)
+    print("-" * len(head))
+    for row in info["tensors"]:
+        shape = "x".join(map(str, row["shape"])) or "scalar"
+        print(f"{row['name'][:40]:<40} {row['dtype']:<8} {shape[:18]:<18} {row['codec'][:28]:<28} "
+              f"{row['bytes_before']:>12} {row['bytes_after']:>12} {100 * row['ratio']:>6.1f}%"
+              + ("  LOSSY" if row["lossy"] else ""))
+        for s in row.get("streams", []):
+            if s["symbols"]:
+                print(f"{'':<4}stream {s['name']:<16} entropy {s['entropy_bits'] / s['symbols']:.3f} "
+                      f"bits/symbol, spent {s['spent_bits'] / s['symbols']:.3f}")
+    return EXIT_OK
+
+
+def cmd_codecs(args, parser) -> int:
+    from .registry import registered
+
+    rows = [{"id": cid, "class": f"{cls.__module__}.{cls.__qualname__}", "lossless": cls.lossless,
+             "description": cls.description} for cid, cls in registered().items()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['id']:<14} {'lossless' if r['lossless'] else 'LOSSY':<9} {r['description']}")
+    return EXIT_OK
+
+
+def cmd_demo(args, parser) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.dir, workers=args.workers, progress=_progress(args))
+
+
+_COMMANDS = {"compress": cmd_compress, "decompress": cmd_decompress, "verify": cmd_verify,
+             "inspect": cmd_inspect, "codecs": cmd_codecs, "demo": cmd_demo}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
