@@ -10,8 +10,10 @@ from .dtypes import from_numpy, from_torch, lookup, torch_dtype
 
 def to_bytes_and_dtype(obj) -> tuple[np.ndarray, str, list[int]]:
     """A flat uint8 view of `obj`, its safetensors dtype name and its shape."""
+    if isinstance(obj, np.generic):
+        obj = np.asarray(obj)
     if isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
+        arr = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)  # keeps 0-d shape
         name = "U8" if arr.dtype == np.uint8 else from_numpy(arr.dtype)
         return arr.reshape(-1).view(np.uint8), name, list(arr.shape)
     if type(obj).__module__.startswith("torch"):

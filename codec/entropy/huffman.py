@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import FormatError
 
 MAX_CODE_LEN = 32
-LUT_BITS = 12
+LUT_BITS = 11
 LUT_SYMS = 4
 
 # decode status codes
