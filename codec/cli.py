@@ -19,6 +19,16 @@ def _codec_arg(text: str):
     return text
 
 
+def _level_arg(text: str):
+    """`--level` takes an integer or `max` (the codec's strongest setting)."""
+    if text == "max":
+        return "max"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"level must be an integer or 'max', not {text!r}") from None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workers", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -38,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output path (one input only)")
     p.add_argument("-c", "--codec", type=_codec_arg, default="auto",
                    help="auto (default), a codec id, or a JSON config; see `codec codecs`")
-    p.add_argument("-l", "--level", type=int, default=None, help="level for codecs that take one")
+    p.add_argument("-l", "--level", type=_level_arg, default=None,
+                   help="an integer for codecs that take one, or 'max' for the smallest output")
     p.add_argument("--container", choices=["auto", "safetensors", "bytes"], default="auto",
                    help="how to read the input (auto: safetensors if it is one, else opaque bytes)")
     p.add_argument("--chunk-size", type=int, default=None, help="decoded bytes per chunk")
@@ -115,14 +126,13 @@ def _progress(args) -> bool:
 def cmd_compress(args, parser) -> int:
     from .api import compress_file
     from .errors import UnknownCodecError
-    from .registry import get_codec
+    from .policy import resolve
 
     if args.output and len(args.inputs) > 1:
         return _usage(parser, "-o/--output needs exactly one input")
     if args.codec != "auto":
         try:
-            get_codec(args.codec if args.level is None or not isinstance(args.codec, str)
-                      else {"id": args.codec, "level": args.level})
+            resolve(args.codec, "U8", args.level)
         except (UnknownCodecError, ValueError) as exc:
             return _usage(parser, str(exc))
     results = []
