@@ -22,14 +22,21 @@ _API = {"compress", "decompress", "compress_file", "decompress_file", "verify", 
         "CompressedFile", "Result"}
 
 
+_HOOKS = {"load_model", "attach"}
+
+
 def __getattr__(name):
     if name in _API:
         from . import api
 
         return getattr(api, name)
+    if name in _HOOKS:
+        from . import hooks
+
+        return getattr(hooks, name)
     raise AttributeError(f"module 'codec' has no attribute {name!r}")
 
 
-__all__ = sorted(_API | {"__version__", "get_codec", "register_codec", "registered", "CodecError",
+__all__ = sorted(_API | _HOOKS | {"__version__", "get_codec", "register_codec", "registered", "CodecError",
                          "FormatError", "TruncatedError", "ChecksumError", "UnsupportedVersionError",
                          "UnknownCodecError", "ModelMismatchError", "BackendUnavailableError"})

@@ -52,11 +52,11 @@ class Codec(ABC):
     #: so the container can size the frame header before encoding.
     extra_section_types: ClassVar[tuple[int, ...]] = ()
 
-    def extra_sections(self, chunks: list[bytes | None]) -> dict[int, bytes]:
+    def extra_sections(self, chunks: list[bytes | None], decoded_sizes: list[int]) -> dict[int, bytes]:
         """Frame sections computed from the encoded chunks (e.g. a GPU sync index).
 
         Called once per frame, only if `extra_section_types` is non-empty, with each chunk's
-        encoded bytes, or None for chunks the container stored raw.
+        encoded bytes (None for chunks the container stored raw) and decoded size in bytes.
         """
         return {}
 

@@ -28,12 +28,21 @@ def default_workers() -> int:
 # In memory: one frame
 # --------------------------------------------------------------------------------------
 def compress(data, codec="auto", *, level: int | None = None, workers: int = 1,
-             chunk_size: int | None = None) -> bytes:
-    """Compress a numpy array, torch tensor or bytes into one self-describing frame."""
+             chunk_size: int | None = None, dtype: str | None = None) -> bytes:
+    """Compress a numpy array, torch tensor or bytes into one self-describing frame.
+
+    `dtype` names the logical safetensors dtype when numpy holds it as raw bits (e.g. "BF16" for a
+    uint16 array of bfloat16 bit patterns, "F8_E4M3" for uint8); it must have the same item size.
+    """
+    from .dtypes import lookup
     from .formats.frame import encode_frame
     from .source import ArraySource
 
-    flat, dtype, shape = to_bytes_and_dtype(data)
+    flat, natural, shape = to_bytes_and_dtype(data)
+    if dtype is None:
+        dtype = natural
+    elif lookup(dtype).itemsize != lookup(natural).itemsize or lookup(dtype).name == "OPAQUE":
+        raise TypeError(f"dtype {dtype} does not fit {natural} data (item sizes differ or unknown dtype)")
     src = ArraySource(flat)
     c = resolve(codec, dtype, level).fit(src, dtype)
     return encode_frame(src, c, dtype, shape, workers=workers, chunk_size=chunk_size)

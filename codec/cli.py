@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="compress a small generated model and show the result")
     p.add_argument("--dir", default=None, help="where to write the demo files (default: a temp dir)")
     _add_common(p)
+    _add_hub_parsers(sub)
     return parser
 
 
@@ -244,6 +245,80 @@ def cmd_demo(args, parser) -> int:
 
 _COMMANDS = {"compress": cmd_compress, "decompress": cmd_decompress, "verify": cmd_verify,
              "inspect": cmd_inspect, "codecs": cmd_codecs, "demo": cmd_demo}
+
+
+# --------------------------------------------------------------------------------------
+# Hub: push / pull (codec/hub.py)
+# --------------------------------------------------------------------------------------
+def _add_hub_parsers(sub) -> None:
+    p = sub.add_parser("push", help="compress a model folder and upload it to the Hugging Face Hub")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("repo_id", metavar="REPO_ID")
+    p.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--endpoint", default=None, help="Hub URL (default: $HF_ENDPOINT or huggingface.co)")
+    p.add_argument("--token", default=None, help="access token (default: $HF_TOKEN or the saved login)")
+    p.add_argument("-c", "--codec", type=_codec_arg, default="auto", help="as for `codec compress`")
+    p.add_argument("-l", "--level", type=int, default=None, help="level for codecs that take one")
+    p.add_argument("-m", "--message", default=None, help="commit message")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_common(p)
+
+    p = sub.add_parser("pull", help="download a compressed model from the Hub, verify, optionally restore")
+    p.add_argument("repo_id", metavar="REPO_ID")
+    p.add_argument("-o", "--output", default=None, help="folder to create (default: the repo name)")
+    p.add_argument("--revision", default=None, help="branch, tag or commit")
+    p.add_argument("--decompress", action="store_true",
+                   help="restore the original .safetensors files (the .nnc files are not kept)")
+    p.add_argument("--keep-nnc", action="store_true", help="with --decompress, keep the .nnc files too")
+    p.add_argument("--endpoint", default=None, help="Hub URL (default: $HF_ENDPOINT or huggingface.co)")
+    p.add_argument("--token", default=None, help="access token (default: $HF_TOKEN or the saved login)")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="write into an existing non-empty folder (replaces files of the same name)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_common(p)
+
+
+def cmd_push(args, parser) -> int:
+    from dataclasses import asdict
+
+    from .api import _human
+    from .hub import push
+
+    r = push(args.folder, args.repo_id, revision=args.revision, private=args.private,
+             endpoint=args.endpoint, token=args.token, codec=args.codec, level=args.level,
+             workers=args.workers, commit_message=args.message, progress=_progress(args))
+    if args.json:
+        print(json.dumps({**asdict(r), "original_bytes": r.original_bytes,
+                          "compressed_bytes": r.compressed_bytes, "ratio": r.ratio}, indent=2))
+    elif not args.quiet:
+        what = f"commit {r.commit_oid[:12]}" if r.changed else f"nothing changed (still {r.commit_oid[:12]})"
+        print(f"pushed {args.folder} -> {r.repo_id}{'@' + r.revision if r.revision else ''}: "
+              f"{len(r.files)} files, weights {_human(r.original_bytes)} -> {_human(r.compressed_bytes)} "
+              f"(ratio {100 * r.ratio:.2f} %), {what}")
+    return EXIT_OK
+
+
+def cmd_pull(args, parser) -> int:
+    from dataclasses import asdict
+
+    from .hub import pull
+
+    if args.keep_nnc and not args.decompress:
+        return _usage(parser, "--keep-nnc only makes sense with --decompress")
+    r = pull(args.repo_id, output=args.output, revision=args.revision, decompress=args.decompress,
+             endpoint=args.endpoint, token=args.token, workers=args.workers, keep_compressed=args.keep_nnc,
+             overwrite=args.force, progress=_progress(args))
+    if args.json:
+        print(json.dumps(asdict(r), indent=2))
+    elif not args.quiet:
+        done = (f"restored {len(r.restored)} file(s), sha256 verified" if args.decompress
+                else f"verified {len(r.verified)} .nnc file(s)")
+        print(f"pulled {r.repo_id}@{r.commit_oid[:12]} -> {r.output}: {len(r.files)} files, {done}")
+    return EXIT_OK
+
+
+_COMMANDS.update(push=cmd_push, pull=cmd_pull)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -388,7 +388,8 @@ def write_frame(fh, source, codec, dtype: str, shape, *, chunk_size: int | None 
                  Section(SEC_PAYLOAD, SECTION_MUST_UNDERSTAND, payload_off, pos, payload_hash.intdigest())]
     end = payload_off + pos
     if keep:
-        sections = codec.extra_sections(kept)
+        sizes = [min(chunk_size, size - i * chunk_size) for i in range(n_chunks)]
+        sections = codec.extra_sections(kept, sizes)
         if sorted(sections) != sorted(extra_types):
             raise RuntimeError(f"codec {codec.codec_id} returned sections {sorted(sections)}, "
                                f"declared {sorted(extra_types)}")

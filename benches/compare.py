@@ -1,0 +1,321 @@
+"""Side-by-side benchmark: codec vs zipnn, lmzip, z4ai, DFloat11 (size from its layout), zstd, bounds.
+
+    python benches/compare.py [FILE.safetensors ...] [--out bench-out] [--threads 1 2] [--repeat 3]
+
+Without files it uses the real weights of benches/data.py (MiniLM F32 and its BF16/F16 roundings,
+Whisper tiny F16 and its BF16 rounding). Ratio = compressed / original tensor bytes (codec: chunk
+payloads + JSON configs; lmzip: archive / whole file). Speeds are MB/s of original bytes, best of
+`--repeat` runs; the machine may be shared, so compare rows of one run only.
+Writes a table to stdout, `results.csv` and `chart.png` into the output folder.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import data  # noqa: E402
+
+from codec.policy import choose_codec  # noqa: E402
+from codec.source import ArraySource  # noqa: E402
+from codec.stats import entropy_bits_of_counts  # noqa: E402
+
+CHUNK = 1 << 19
+_ZNAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+_Z4 = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F64": "fp64"}
+
+
+def best_time(fn, repeat):
+    best = math.inf
+    out = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def run_codec(tensors, threads, repeat, level=None):
+    """(ratio, compress s, decompress s) of codec's auto policy, chunks in a thread pool."""
+    total = sum(b.size for _, b in tensors)
+
+    def compress():
+        with ThreadPoolExecutor(threads) as ex:
+            frames = []
+            for dt, b in tensors:
+                c = choose_codec(dt, level).fit(ArraySource(b), dt)
+                chunk = max(c.chunk_alignment(), CHUNK - CHUNK % c.chunk_alignment())
+                pieces = [b[o:o + chunk] for o in range(0, b.size, chunk)]
+                encs = list(ex.map(c.encode, pieces))
+                encs = [e if len(e) < p.size else None for e, p in zip(encs, pieces)]  # raw fallback
+                frames.append((c, pieces, encs))
+            return frames
+
+    tc, frames = best_time(compress, repeat)
+    size = 0
+    for c, pieces, encs in frames:
+        size += len(json.dumps(c.get_config())) + sum(len(e) if e is not None else p.size
+                                                        for e, p in zip(encs, pieces))
+    outs = [[np.empty(p.size, np.uint8) for p in pieces] for _, pieces, _ in frames]
+
+    def dec_one(args):
+        c, e, o = args
+        c.decode(e, o)
+
+    def decompress():
+        with ThreadPoolExecutor(threads) as ex:
+            jobs = []
+            for (c, pieces, encs), os_ in zip(frames, outs):
+                for e, p, o in zip(encs, pieces, os_):
+                    if e is None:
+                        o[:] = p
+                    else:
+                        jobs.append((c, e, o))
+            list(ex.map(dec_one, jobs))
+
+    td, _ = best_time(decompress, repeat)
+    for (c, pieces, encs), os_ in zip(frames, outs):
+        for p, o in zip(pieces, os_):
+            if not np.array_equal(p, o):
+                raise SystemExit(f"codec round trip failed for {c!r}")
+    kinds = sorted({c.describe().split("(")[0] + (f"(k={c.mantissa_bits})" if hasattr(c, "mantissa_bits") else "")
+                    for c, _, _ in frames})
+    return size / total, tc, td, ",".join(kinds)
+
+
+def run_zipnn(groups, threads, repeat):
+    from zipnn import ZipNN
+
+    total = sum(b.size for b in groups.values())
+    size, tc, td = 0, 0.0, 0.0
+    for dt, b in groups.items():
+        if dt not in _ZNAMES:
+            z = ZipNN(input_format="byte", bytearray_dtype="float32", threads=threads)
+        else:
+            z = ZipNN(input_format="byte", bytearray_dtype=_ZNAMES[dt], threads=threads)
+        raw = b.tobytes()
+        t, enc = best_time(lambda: z.compress(bytearray(raw)), repeat)   # fresh copy: zipnn writes in place
+        tc += t
+        t, dec = best_time(lambda: z.decompress(enc), repeat)
+        td += t
+        if bytes(dec) != raw:
+            raise SystemExit("zipnn round trip failed")
+        size += len(enc)
+    return size / total, tc, td
+
+
+def run_z4ai(groups, threads, repeat, effort=None):
+    import z4ai
+
+    total = sum(b.size for b in groups.values())
+    size, tc, td = 0, 0.0, 0.0
+    for dt, b in groups.items():
+        raw = b.tobytes()
+        t, enc = best_time(lambda: z4ai.compress(raw, dtype=_Z4.get(dt), threads=threads, effort=effort), repeat)
+        tc += t
+        t, dec = best_time(lambda: z4ai.decompress(enc), repeat)
+        td += t
+        if bytes(dec) != raw:
+            raise SystemExit("z4ai round trip failed")
+        size += len(enc)
+    return size / total, tc, td
+
+
+def run_lmzip(path, threads, repeat):
+    import lmz
+
+    with tempfile.TemporaryDirectory() as tmp:
+        arc, back = os.path.join(tmp, "a.lmz"), os.path.join(tmp, "b.safetensors")
+        tc, _ = best_time(lambda: lmz.compress(path, arc, workers=threads), repeat)
+        td, _ = best_time(lambda: lmz.decompress(arc, back, workers=threads, overwrite=True), repeat)
+        size = os.path.getsize(arc)
+        with open(path, "rb") as f1, open(back, "rb") as f2:
+            if f1.read() != f2.read():
+                raise SystemExit("lmzip round trip failed")
+    return size / os.path.getsize(path), tc, td
+
+
+def run_zstd(groups, level, threads, repeat):
+    import zstandard
+
+    total = sum(b.size for b in groups.values())
+    size, tc, td = 0, 0.0, 0.0
+    for b in groups.values():
+        raw = b.tobytes()
+        cz = zstandard.ZstdCompressor(level=level, threads=threads if threads > 1 else 0)
+        t, enc = best_time(lambda: cz.compress(raw), repeat)
+        tc += t
+        dz = zstandard.ZstdDecompressor()
+        t, dec = best_time(lambda: dz.decompress(enc), repeat)
+        td += t
+        size += len(enc)
+    return size / total, tc, td
+
+
+def dfloat11_size(tensors):
+    """Bytes of DFloat11's layout for the BF16 tensors (None if there are none).
+
+    Per tensor (DFloat11 v0.2 format, `dfloat11/dfloat11.py` compress path): the exponent Huffman
+    bitstream (code lengths <= 32, padded to whole bytes), one sign+mantissa byte per value, a 5-bit
+    gap per 8-byte thread window, a u32 output position per block of 512 threads (+1), and the
+    decode lookup tables: one 256-byte table per distinct 8-bit code prefix level plus 256 code
+    lengths.
+    """
+    from codec.entropy import huffman
+
+    total = 0
+    any_bf16 = False
+    for dt, b in tensors:
+        if dt != "BF16":
+            continue
+        any_bf16 = True
+        v = b.view("<u2")
+        e = ((v >> 7) & 255).astype(np.int64)
+        counts = np.bincount(e, minlength=256)
+        lengths = huffman.code_lengths(counts, 32)
+        nbits = int((counts * lengths.astype(np.int64)).sum())
+        enc = (nbits + 7) // 8
+        windows = (enc + 7) // 8
+        blocks = (windows + 511) // 512
+        luts = 256 * (max(1, math.ceil(int(lengths.max()) / 8)) + 1)
+        total += enc + v.size + (5 * windows + 7) // 8 + 4 * (blocks + 1) + luts
+    return total if any_bf16 else None
+
+
+def bounds(tensors):
+    """Order-0 bounds (fraction of the original): exponent-only (BF16), 16-bit value, byte planes."""
+    total = sum(b.size for _, b in tensors)
+    e_only = v16 = planes = 0.0
+    for dt, b in tensors:
+        isz = {"BF16": 2, "F16": 2, "F32": 4}.get(dt, 1)
+        n = b.size // isz
+        if dt == "BF16":
+            v = b.view("<u2")
+            e_only += entropy_bits_of_counts(np.bincount((v >> 7) & 255, minlength=256)) + 8 * n
+        if isz == 2:
+            v16 += entropy_bits_of_counts(np.bincount(b.view("<u2"), minlength=65536))
+        else:
+            v16 += 8 * b.size
+        if dt in ("BF16", "F32"):
+            w = b.view("<u2" if isz == 2 else "<u4").astype(np.uint64)
+            w = ((w << np.uint64(1)) | (w >> np.uint64(8 * isz - 1))) & np.uint64((1 << (8 * isz)) - 1)
+            pl = w.astype(f"<u{isz}").view(np.uint8).reshape(n, isz)
+        else:
+            pl = b[: n * isz].reshape(n, isz)
+        for p in range(isz):
+            planes += entropy_bits_of_counts(np.bincount(pl[:, p], minlength=256))
+    out = {"bound: byte planes (order-0)": planes / (8 * total), "bound: 16-bit value (order-0)": v16 / (8 * total)}
+    if any(dt == "BF16" for dt, _ in tensors):
+        out["bound: exponent only (order-0)"] = e_only / (8 * total)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="*")
+    ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip", nargs="*", default=[], help="competitors to skip (zipnn lmzip z4ai zstd)")
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    files = {os.path.basename(f): f for f in args.files} or data.ensure_files(os.path.join(args.out, "data"))
+
+    rows = []
+
+    def add(file, system, threads, ratio, tc=None, td=None, size=None, note=""):
+        mb = size / 1e6 if size else None
+        row = {"file": file, "system": system, "threads": threads, "ratio_pct": round(100 * ratio, 3) if ratio else None,
+               "compress_MBps": round(mb / tc, 1) if tc and mb else None,
+               "decompress_MBps": round(mb / td, 1) if td and mb else None, "note": note}
+        rows.append(row)
+        print(f"{file:24s} {system:34s} {str(threads):>3s} "
+              f"{row['ratio_pct'] if row['ratio_pct'] is not None else '-':>8} "
+              f"{row['compress_MBps'] or '-':>9} {row['decompress_MBps'] or '-':>9}  {note}", flush=True)
+
+    print(f"{'file':24s} {'system':34s} {'thr':>3s} {'ratio%':>8s} {'comp MB/s':>9s} {'dec MB/s':>9s}")
+    for label, path in files.items():
+        tensors = [(dt, np.ascontiguousarray(b)) for dt, b in data.load_tensors(path).values() if b.size]
+        total = sum(b.size for _, b in tensors)
+        groups: dict[str, list] = {}
+        for dt, b in tensors:
+            groups.setdefault(dt, []).append(b)
+        groups = {dt: np.concatenate(bs) for dt, bs in groups.items()}
+        for name, r in bounds(tensors).items():
+            add(label, name, "-", r)
+        d11 = dfloat11_size(tensors)
+        if d11 is not None:
+            nb = sum(b.size for dt, b in tensors if dt == "BF16")
+            add(label, "dfloat11 (layout size)", "-", (d11 + total - nb) / total, note="BF16 tensors; others raw")
+        for th in args.threads:
+            for lvl, nm in ((None, "codec auto"), ("max", "codec auto --level max")):
+                try:
+                    r, tc, td, kinds = run_codec(tensors, th, args.repeat, lvl)
+                    add(label, nm, th, r, tc, td, total, kinds)
+                except Exception as exc:  # report, keep going
+                    add(label, nm, th, None, note=f"failed: {exc}")
+            for nm, fn in (("zipnn", lambda: run_zipnn(groups, th, args.repeat)),
+                           ("z4ai", lambda: run_z4ai(groups, th, args.repeat)),
+                           ("lmzip", lambda: run_lmzip(path, th, args.repeat)),
+                           ("zstd -3", lambda: run_zstd(groups, 3, th, args.repeat)),
+                           ("zstd -19", lambda: run_zstd(groups, 19, th, 1))):
+                if nm.split()[0] in args.skip:
+                    continue
+                try:
+                    r, tc, td = fn()
+                    add(label, nm, th, r, tc, td, total)
+                except ImportError as exc:
+                    add(label, nm, th, None, note=f"not installed/importable: {exc}")
+                except Exception as exc:
+                    add(label, nm, th, None, note=f"failed: {type(exc).__name__}: {exc}")
+
+    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    try:
+        chart(rows, os.path.join(args.out, "chart.png"))
+    except ImportError:
+        print("matplotlib missing: no chart", file=sys.stderr)
+    print(f"wrote {args.out}/results.csv and chart.png")
+
+
+def chart(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = sorted({r["file"] for r in rows})
+    fig, axes = plt.subplots(len(files), 2, figsize=(13, 3.2 * len(files)), squeeze=False)
+    for i, f in enumerate(files):
+        rs = [r for r in rows if r["file"] == f and r["ratio_pct"] is not None and r["threads"] in ("-", 1)]
+        ax = axes[i][0]
+        ax.barh([r["system"] for r in rs], [r["ratio_pct"] for r in rs], color="tab:blue")
+        lo = min(r["ratio_pct"] for r in rs)
+        ax.set_xlim(max(0, lo - 3), max(r["ratio_pct"] for r in rs) + 1)
+        ax.set_title(f"{f}: ratio % (lower is better)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax = axes[i][1]
+        rs = [r for r in rows if r["file"] == f and r["decompress_MBps"]]
+        labels = [f"{r['system']} x{r['threads']}" for r in rs]
+        ax.barh(labels, [r["decompress_MBps"] for r in rs], color="tab:green", label="decompress")
+        ax.barh(labels, [r["compress_MBps"] or 0 for r in rs], color="tab:orange", alpha=0.7, label="compress")
+        ax.set_title(f"{f}: MB/s", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,480 @@
+"""`exponent`: DFloat11-style coding of BF16: Huffman on the exponent (optionally joined with the top
+mantissa bits), the remaining sign and mantissa bits stored as a fixed-width raw stream.
+
+Normative description (also in formats/EXPONENT.md, which the GPU kernel follows).
+
+Fields of one BF16 value v (16 bits): sign s = bit 15, exponent e = bits 14..7, mantissa m = bits 6..0.
+With k = `mantissa_bits` (0..3, 0 is exactly DFloat11):
+    symbol    = (v >> (7 - k)) & ((1 << (8 + k)) - 1)        # e followed by the top k mantissa bits
+    remainder = (s << (7 - k)) | (m & ((1 << (7 - k)) - 1))   # w = 8 - k bits: sign, low mantissa
+    v         = ((remainder >> (7 - k)) << 15) | (symbol << (7 - k)) | (remainder & ((1 << (7 - k)) - 1))
+The symbol alphabet has 256 << k entries; one canonical Huffman table per tensor (fitted over the
+whole tensor in `fit`, codes at most `max_code_len` <= 32 bits) is stored in the frame's JSON config
+as `code_lengths`: a list of [symbol, length] pairs for the symbols with a code, sorted by symbol.
+
+Chunk payload (a chunk is a run of whole BF16 values, little-endian; n = decoded bytes / 2):
+    offset 0      u32 LE  n            number of values in the chunk
+    offset 4      u32 LE  exp_bits     number of bits of Huffman codes in the exponent stream
+    offset 8      exponent stream, E = 8 * ceil(exp_bits / 64) + 8 bytes: the n codes MSB-first
+                  (huffman.py bit order), zero bits to a multiple of 64 bits, then 8 zero bytes, so
+                  a reader may load any 8-byte window of the stream plus 8 bytes past it
+    offset 8 + E  remainder stream, R = ceil(n * w / 8) bytes: the n w-bit remainders MSB-first,
+                  value i at bits [i*w, i*w + w); the last byte padded with zero bits
+The payload is exactly 8 + E + R bytes; anything else is a FormatError. For k = 0 the remainder
+stream is DFloat11's sign+mantissa byte per value.
+
+GPU sync section (type 4, GPU_SYNC), only when the codec is configured with `gpu_sync=True`
+(it costs about 1/BYTES_PER_THREAD of the exponent stream). Little-endian throughout:
+    0   4s   magic b"GSY1"
+    4   u16  bytes_per_thread (BPT, default 8)   6  u16  threads_per_block (TPB, default 256)
+    8   u32  n_chunks                            12 u32  n_blocks (all chunks)
+    16  u32  mantissa_bits k                     20 u32  reserved, 0
+    24  chunk table, n_chunks entries of 32 bytes:
+            u64 first_value   index of the chunk's first value in the tensor
+            u32 n_values      values in the chunk
+            u32 exp_bits      as in the chunk header
+            u32 exp_offset    byte offset of the exponent stream in the chunk payload (8), 0 if raw
+            u32 rem_offset    byte offset of the remainder stream in the chunk payload, 0 if raw
+            u32 first_block   index of the chunk's first block
+            u32 n_blocks      blocks of this chunk (0 when the container stored the chunk raw)
+        block table, n_blocks entries of 16 bytes:
+            u32 chunk         the chunk this block decodes
+            u32 first_window  index of its first window within the chunk's exponent stream
+            u64 out_start     index (within the chunk) of the first value whose code starts at or
+                              after bit first_window * BPT * 8; the block writes values
+                              [out_start, next block's out_start or n_values) and drops the rest
+        gaps, TPB bytes per block (u8): window t of block b covers bits
+            [(first_window + t) * BPT * 8, +BPT * 8) of the chunk's exponent stream; its gap is the
+            offset in bits (0..max_code_len-1) of the first code starting in it, or 255 when no code
+            starts in it (past the end of the stream or in its tail after the last code).
+A thread decodes every code that starts in its window (the last one may run up to 32 bits past the
+window's end, which the 8 padding bytes keep in bounds); the block's prefix sum of per-thread counts
+plus out_start gives each value's position. Codes decoded from zero padding after the last real code
+land at positions >= the block's end and are dropped.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numba as nb
+import numpy as np
+
+from ..abc import Codec
+from ..errors import FormatError
+from ..registry import register_codec
+from ..stats import StreamStat, entropy_bits_of_counts
+from . import huffman
+
+HEADER = 8
+GPU_SYNC_SECTION = 4
+DEFAULT_BPT = 8
+DEFAULT_TPB = 256
+DEFAULT_MAX_LEN = 24
+DEFAULT_CHUNK = 1 << 20
+
+
+def stream_sizes(n: int, exp_bits: int, k: int) -> tuple[int, int]:
+    """(E, R): byte sizes of the exponent and remainder streams of a chunk."""
+    return 8 * ((exp_bits + 63) // 64) + 8, (n * (8 - k) + 7) // 8
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------
+@nb.njit(nogil=True, cache=True)
+def _hist15(v, hist):
+    """Histogram of the low 15 bits (exponent + mantissa) of uint16 values."""
+    for i in range(v.shape[0]):
+        hist[v[i] & 0x7FFF] += 1
+
+
+@nb.njit(nogil=True, cache=True)
+def _split(b, k, syms, rem):
+    """Bytes of n BF16 values -> symbols (uint16) and the MSB-first packed w-bit remainders."""
+    n = syms.shape[0]
+    w = 8 - k
+    sh = 7 - k
+    smask = (1 << (8 + k)) - 1
+    lmask = (1 << sh) - 1
+    if w == 8:
+        for i in range(n):
+            v = np.int64(b[2 * i]) | (np.int64(b[2 * i + 1]) << 8)
+            syms[i] = (v >> 7) & 255
+            rem[i] = ((v >> 15) << 7) | (v & 127)
+        return
+    acc = np.uint64(0)
+    nacc = 0
+    p = 0
+    for i in range(n):
+        v = np.int64(b[2 * i]) | (np.int64(b[2 * i + 1]) << 8)
+        syms[i] = (v >> sh) & smask
+        r = ((v >> 15) << sh) | (v & lmask)
+        acc = (acc << np.uint64(w)) | np.uint64(r)
+        nacc += w
+        if nacc >= 8:
+            nacc -= 8
+            rem[p] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(255))
+            p += 1
+    if nacc > 0:
+        rem[p] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(255))
+
+def _make_groups(W):
+    SH = W - 1
+    LMASK = (1 << SH) - 1
+    WMASK = np.uint64((1 << W) - 1)
+
+    @nb.njit(nogil=True, cache=True)
+    def groups(syms, rem, out, ngroups):
+        # 8 values take exactly W bytes: one big-endian word, 8 fields
+        for g in range(ngroups):
+            q = np.uint64(0)
+            base = g * W
+            for t in range(W):
+                q = (q << np.uint64(8)) | np.uint64(rem[base + t])
+            for j in range(8):
+                r = np.int64((q >> np.uint64(W * (7 - j))) & WMASK)
+                v = ((r >> SH) << 15) | (np.int64(syms[8 * g + j]) << SH) | (r & LMASK)
+                out[16 * g + 2 * j] = np.uint8(v & 255)
+                out[16 * g + 2 * j + 1] = np.uint8(v >> 8)
+    return groups
+
+
+_groups7 = _make_groups(7)
+_groups6 = _make_groups(6)
+_groups5 = _make_groups(5)
+
+
+@nb.njit(nogil=True, cache=True)
+def _merge(syms, rem, k, out):
+    """Symbols + remainders -> little-endian BF16 bytes in out."""
+    n = syms.shape[0]
+    w = 8 - k
+    sh = 7 - k
+    lmask = (1 << sh) - 1
+    if w == 8:
+        for i in range(n):
+            r = np.int64(rem[i])
+            v = ((r >> 7) << 15) | (np.int64(syms[i]) << 7) | (r & 127)
+            out[2 * i] = np.uint8(v & 255)
+            out[2 * i + 1] = np.uint8(v >> 8)
+        return
+    ngroups = n // 8
+    if w == 7:
+        _groups7(syms, rem, out, ngroups)
+    elif w == 6:
+        _groups6(syms, rem, out, ngroups)
+    else:
+        _groups5(syms, rem, out, ngroups)
+    for i in range(8 * ngroups, n):
+        bit = i * w
+        byte = bit >> 3
+        two = np.int64(rem[byte]) << 8
+        if byte + 1 < rem.shape[0]:
+            two |= np.int64(rem[byte + 1])
+        r = (two >> (16 - w - (bit & 7))) & ((1 << w) - 1)
+        v = ((r >> sh) << 15) | (np.int64(syms[i]) << sh) | (r & lmask)
+        out[2 * i] = np.uint8(v & 255)
+        out[2 * i + 1] = np.uint8(v >> 8)
+
+
+@nb.njit(nogil=True, cache=True)
+def _code_starts_sync(syms, lengths, exp_bits, bpt, tpb, gaps_out, block_first_window, block_out_start):
+    """GPU sync data of one chunk: per window the gap, per block its first value index."""
+    wbits = bpt * 8
+    nwin = gaps_out.shape[0]
+    for t in range(nwin):
+        gaps_out[t] = 255
+    nblocks = block_first_window.shape[0]
+    for b in range(nblocks):
+        block_first_window[b] = b * tpb
+        block_out_start[b] = -1
+    pos = 0
+    n = syms.shape[0]
+    for i in range(n):
+        w = pos // wbits
+        if gaps_out[w] == 255:
+            gaps_out[w] = pos - w * wbits
+        pos += lengths[syms[i]]
+    # out_start of block b = number of codes starting before bit b*tpb*wbits
+    pos = 0
+    b = 0
+    for i in range(n):
+        while b < nblocks and pos >= b * tpb * wbits:
+            block_out_start[b] = i
+            b += 1
+        pos += lengths[syms[i]]
+    while b < nblocks:
+        block_out_start[b] = n
+        b += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the codec
+# ---------------------------------------------------------------------------------------------
+def _dense_lengths(pairs, k: int, max_len: int) -> np.ndarray:
+    size = 256 << k
+    lengths = np.zeros(size, np.uint8)
+    if not isinstance(pairs, list):
+        raise FormatError("exponent codec: code_lengths must be a list of [symbol, length] pairs")
+    last = -1
+    for item in pairs:
+        if (not isinstance(item, (list, tuple)) or len(item) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)):
+            raise FormatError(f"exponent codec: bad code_lengths entry {item!r:.80}")
+        s, ln = item
+        if not last < s < size:
+            raise FormatError(f"exponent codec: code_lengths symbols must be increasing and < {size}, got {s}")
+        if not 1 <= ln <= max_len:
+            raise FormatError(f"exponent codec: code length {ln} of symbol {s} outside [1, {max_len}]")
+        lengths[s] = ln
+        last = s
+    return huffman.validate_lengths(lengths, max_len, "exponent codec code table")
+
+
+@register_codec
+class Exponent(Codec):
+    codec_id = "exponent"
+    description = ("BF16: Huffman on the exponent (+ top mantissa bits), raw sign/mantissa "
+                   "(DFloat11 layout, GPU sync index)")
+    # worst case: every code max_len bits + padding + header
+    max_expansion = 2.6
+
+    def __init__(self, mantissa_bits: int | None = None, max_code_len: int = DEFAULT_MAX_LEN,
+                 code_lengths: list | None = None, gpu_sync: bool = False,
+                 bytes_per_thread: int = DEFAULT_BPT, threads_per_block: int = DEFAULT_TPB,
+                 candidates: list | None = None):
+        if mantissa_bits is not None and (not isinstance(mantissa_bits, int) or not 0 <= mantissa_bits <= 3):
+            raise ValueError(f"mantissa_bits must be 0..3, got {mantissa_bits!r}")
+        if not isinstance(max_code_len, int) or not 12 <= max_code_len <= huffman.MAX_CODE_LEN:
+            raise ValueError(f"max_code_len must be in [12, 32], got {max_code_len!r}")
+        if not isinstance(gpu_sync, bool):
+            raise ValueError("gpu_sync must be a boolean")
+        if bytes_per_thread not in (4, 8, 16, 32, 64) or threads_per_block not in (32, 64, 128, 256, 512, 1024):
+            raise ValueError("bytes_per_thread must be 4..64 (power of two), threads_per_block 32..1024")
+        self.mantissa_bits = mantissa_bits
+        self.max_code_len = max_code_len
+        self.gpu_sync = gpu_sync
+        self.bytes_per_thread = bytes_per_thread
+        self.threads_per_block = threads_per_block
+        # mantissa_bits values fit() may choose from (not part of the stream config)
+        self.candidates = list(candidates) if candidates else [0, 1]
+        self.lengths: np.ndarray | None = None
+        if code_lengths is not None:
+            if mantissa_bits is None:
+                raise ValueError("code_lengths given without mantissa_bits")
+            self.lengths = _dense_lengths(code_lengths, mantissa_bits, max_code_len)
+            self._codes = huffman.canonical_codes(self.lengths)
+
+    # -- frame level ---------------------------------------------------------------------
+    def fit(self, source, dtype: str) -> "Exponent":
+        if dtype != "BF16":
+            raise ValueError(f"the exponent codec codes BF16 tensors, not {dtype}")
+        hist = np.zeros(1 << 15, np.int64)
+        n = 0
+        for piece in source.iter_chunks(DEFAULT_CHUNK):
+            if piece.size % 2:
+                raise ValueError("BF16 data must have an even number of bytes")
+            _hist15(piece.view("<u2") if piece.flags.c_contiguous else piece.copy().view("<u2"), hist)
+            n += piece.size // 2
+        ks = [self.mantissa_bits] if self.mantissa_bits is not None else self.candidates
+        best = None
+        for k in ks:
+            counts = hist.reshape(256 << k, -1).sum(axis=1)
+            if n == 0:
+                counts = counts.copy()
+                counts[0] = 1
+            lengths = huffman.code_lengths(counts, self.max_code_len)
+            bits = int((counts * lengths.astype(np.int64)).sum()) + n * (8 - k)
+            table = 8 * 7 * int(np.count_nonzero(lengths))   # ~7 JSON characters per pair
+            cost = bits + table
+            if best is None or cost < best[0]:
+                best = (cost, k, lengths)
+        _, k, lengths = best
+        fitted = Exponent(k, self.max_code_len, None, self.gpu_sync, self.bytes_per_thread,
+                          self.threads_per_block)
+        fitted.lengths = lengths
+        fitted._codes = huffman.canonical_codes(lengths)
+        return fitted
+
+    def chunk_alignment(self) -> int:
+        return 2
+
+    def get_config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"id": self.codec_id, "mantissa_bits": self.mantissa_bits,
+                               "max_code_len": self.max_code_len}
+        if self.lengths is not None:
+            nz = np.flatnonzero(self.lengths)
+            cfg["code_lengths"] = [[int(s), int(self.lengths[s])] for s in nz]
+        else:
+            cfg["code_lengths"] = None
+        cfg["gpu_sync"] = self.gpu_sync
+        cfg["bytes_per_thread"] = self.bytes_per_thread
+        cfg["threads_per_block"] = self.threads_per_block
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        params = {k: v for k, v in config.items() if k != "id"}
+        unknown = set(params) - {"mantissa_bits", "max_code_len", "code_lengths", "gpu_sync",
+                                 "bytes_per_thread", "threads_per_block"}
+        if unknown:
+            raise FormatError(f"exponent codec: unknown config keys {sorted(unknown)}")
+        return cls(**params)
+
+    def describe(self) -> str:
+        k = self.mantissa_bits
+        return f"exponent(k={k},max_len={self.max_code_len}{',gpu_sync' if self.gpu_sync else ''})"
+
+    def _need_table(self):
+        if self.lengths is None:
+            raise ValueError("the exponent codec needs a code table: call fit() first "
+                             "(or give mantissa_bits and code_lengths)")
+
+    # -- chunk level ---------------------------------------------------------------------
+    def encode(self, chunk: np.ndarray) -> bytes:
+        self._need_table()
+        chunk = np.ascontiguousarray(chunk, np.uint8).reshape(-1)
+        if chunk.size % 2:
+            raise ValueError(f"BF16 chunk of odd size {chunk.size}")
+        k = self.mantissa_bits
+        n = chunk.size // 2
+        syms = np.empty(n, np.uint16)
+        rem = np.empty((n * (8 - k) + 7) // 8, np.uint8)
+        _split(chunk, k, syms, rem)
+        nbits = int(huffman._count_bits(syms, self.lengths))
+        if nbits < 0:
+            i = -1 - nbits
+            raise ValueError(f"value {i} of the chunk has symbol {int(syms[i])}, which has no code "
+                             "in this tensor's table (fit the codec on the data it encodes)")
+        E, R = stream_sizes(n, nbits, k)
+        out = np.zeros(HEADER + E + R, np.uint8)
+        out[:8].view("<u4")[:] = (n, nbits)
+        huffman._encode_into(syms, self.lengths, self._codes, out, HEADER)
+        out[HEADER + E:] = rem
+        return out.tobytes()
+
+    def _parse(self, buf: np.ndarray, n_expected: int | None, what: str):
+        if buf.size < HEADER:
+            raise FormatError(f"{what}: payload of {buf.size} bytes is shorter than the 8-byte header")
+        n, nbits = (int(x) for x in buf[:8].view("<u4"))
+        if n_expected is not None and n != n_expected:
+            raise FormatError(f"{what}: holds {n} values, expected {n_expected}")
+        E, R = stream_sizes(n, nbits, self.mantissa_bits)
+        if nbits > n * self.max_code_len or nbits < n:
+            raise FormatError(f"{what}: {nbits} code bits for {n} values is impossible "
+                              f"(codes are 1..{self.max_code_len} bits)")
+        if buf.size != HEADER + E + R:
+            raise FormatError(f"{what}: payload is {buf.size} bytes, its header implies {HEADER + E + R}")
+        return n, nbits, E, R
+
+    def decode(self, encoded, out: np.ndarray) -> np.ndarray:
+        self._need_table()
+        what = "exponent chunk"
+        buf = np.frombuffer(encoded, np.uint8)
+        if out.size % 2:
+            raise FormatError(f"{what}: BF16 output of odd size {out.size}")
+        n, nbits, E, R = self._parse(buf, out.size // 2, what)
+        dec = huffman.get_decoder(self.lengths, self.max_code_len)
+        syms = np.empty(n, dec.sym_dtype)
+        if n:
+            dec.decode(buf[HEADER:HEADER + E], nbits, n, syms, f"{what} exponent stream")
+        _merge(syms, buf[HEADER + E:], self.mantissa_bits, out)
+        return out
+
+    def streams(self, decoded: np.ndarray, encoded: bytes) -> list[StreamStat]:
+        k = self.mantissa_bits if self.mantissa_bits is not None else 0
+        d = np.ascontiguousarray(decoded, np.uint8).reshape(-1)
+        n = d.size // 2
+        v = d[: 2 * n].view("<u2").astype(np.int64)
+        sym = (v >> (7 - k)) & ((1 << (8 + k)) - 1)
+        rem = ((v >> 15) << (7 - k)) | (v & ((1 << (7 - k)) - 1))
+        buf = np.frombuffer(encoded, np.uint8)
+        try:
+            _, nbits, E, R = self._parse(buf, n, "exponent chunk")
+            spent_e, spent_r = 8 * (HEADER + E), 8 * R
+        except FormatError:
+            spent_e, spent_r = 8 * len(encoded), 0
+        name = "exponent" if k == 0 else f"exponent+{k} mantissa bits"
+        return [StreamStat(name, n, entropy_bits_of_counts(np.bincount(sym, minlength=256 << k)), spent_e),
+                StreamStat("sign+mantissa", n, entropy_bits_of_counts(np.bincount(rem, minlength=1 << (8 - k))),
+                           spent_r)]
+
+    # -- GPU sync index ------------------------------------------------------------------
+    @property
+    def extra_section_types(self) -> tuple[int, ...]:
+        return (GPU_SYNC_SECTION,) if self.gpu_sync else ()
+
+    def extra_sections(self, chunks, decoded_sizes=None) -> dict[int, bytes]:
+        if not self.gpu_sync:
+            return {}
+        n_values = None if decoded_sizes is None else [n // 2 for n in decoded_sizes]
+        return {GPU_SYNC_SECTION: build_gpu_sync(self, chunks, n_values)}
+
+
+def build_gpu_sync(codec: Exponent, chunks, n_values: list[int] | None = None) -> bytes:
+    """The GPU_SYNC section for a frame's chunks (payloads as `encode` returned them).
+
+    An entry of `chunks` that is None stands for a chunk the container stored raw; its number of
+    values must then be given in `n_values` (same index). Pure function of the payloads and table.
+    """
+    codec._need_table()
+    bpt, tpb = codec.bytes_per_thread, codec.threads_per_block
+    dec = huffman.get_decoder(codec.lengths, codec.max_code_len)
+    lengths = codec.lengths
+    chunk_rows = []
+    block_rows = []
+    gaps_all = []
+    first_value = 0
+    nblocks_total = 0
+    for ci, ch in enumerate(chunks):
+        if ch is None:
+            if n_values is None:
+                raise ValueError("raw chunks need n_values")
+            n = int(n_values[ci])
+            chunk_rows.append(struct.pack("<QIIIIII", first_value, n, 0, 0, 0, nblocks_total, 0))
+            first_value += n
+            continue
+        buf = np.frombuffer(ch, np.uint8)
+        n, nbits, E, R = codec._parse(buf, None, f"exponent chunk {ci}")
+        syms = np.empty(n, dec.sym_dtype)
+        if n:
+            dec.decode(buf[HEADER:HEADER + E], nbits, n, syms, f"exponent chunk {ci}")
+        nwin = max(1, (nbits + 8 * bpt - 1) // (8 * bpt))
+        nblk = (nwin + tpb - 1) // tpb
+        gaps = np.empty(nblk * tpb, np.uint8)
+        bfw = np.empty(nblk, np.int64)
+        bos = np.empty(nblk, np.int64)
+        _code_starts_sync(syms, lengths, nbits, bpt, tpb, gaps, bfw, bos)
+        chunk_rows.append(struct.pack("<QIIIIII", first_value, n, nbits, HEADER, HEADER + E,
+                                      nblocks_total, nblk))
+        for b in range(nblk):
+            block_rows.append(struct.pack("<IIQ", ci, int(bfw[b]), int(bos[b])))
+        gaps_all.append(gaps.tobytes())
+        nblocks_total += nblk
+        first_value += n
+    head = struct.pack("<4sHHIIII", b"GSY1", bpt, tpb, len(chunk_rows), nblocks_total,
+                       codec.mantissa_bits, 0)
+    return head + b"".join(chunk_rows) + b"".join(block_rows) + b"".join(gaps_all)
+
+
+def parse_gpu_sync(section: bytes) -> dict:
+    """Parse a GPU_SYNC section into numpy arrays (for the GPU launcher and tests)."""
+    buf = memoryview(section)
+    if len(buf) < 24:
+        raise FormatError("GPU sync section shorter than its 24-byte header")
+    magic, bpt, tpb, nchunks, nblocks, k, res = struct.unpack_from("<4sHHIIII", buf, 0)
+    if magic != b"GSY1" or res != 0:
+        raise FormatError(f"GPU sync section: bad magic {magic!r} or reserved field {res}")
+    need = 24 + 32 * nchunks + 16 * nblocks + tpb * nblocks
+    if len(buf) != need:
+        raise FormatError(f"GPU sync section is {len(buf)} bytes, its header implies {need}")
+    ct = np.frombuffer(buf, np.dtype([("first_value", "<u8"), ("n_values", "<u4"), ("exp_bits", "<u4"),
+                                      ("exp_offset", "<u4"), ("rem_offset", "<u4"),
+                                      ("first_block", "<u4"), ("n_blocks", "<u4")]),
+                       count=nchunks, offset=24)
+    bt = np.frombuffer(buf, np.dtype([("chunk", "<u4"), ("first_window", "<u4"), ("out_start", "<u8")]),
+                       count=nblocks, offset=24 + 32 * nchunks)
+    gaps = np.frombuffer(buf, np.uint8, count=tpb * nblocks, offset=24 + 32 * nchunks + 16 * nblocks)
+    return {"bytes_per_thread": bpt, "threads_per_block": tpb, "mantissa_bits": k,
+            "chunks": ct, "blocks": bt, "gaps": gaps.reshape(nblocks, tpb)}

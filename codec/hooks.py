@@ -1,0 +1,382 @@
+"""Load-time decompression for inference: weights stay compressed, each block is decoded just in time.
+
+`attach(model, reader)` takes any `torch.nn.Module` (typically built with empty weights) and a
+compressed reader (`codec.open(...)`, or several). It finds the transformer blocks on its own
+(every `nn.ModuleList` of two or more modules of one class that hold parameters, outermost
+first: decoder layers, BERT encoder layers, Whisper's encoder and decoder layers), decodes
+everything outside the blocks once, and registers forward pre-hooks that decode a block's
+weights into one reusable buffer right before the block runs, and forward hooks that release
+them afterwards. Parameters stay the same `nn.Parameter` objects throughout, so tied weights
+stay tied and adapters that wrap the layers (LoRA) keep working.
+
+`load_model(path, device, mode)` builds a `transformers` model from a folder's `config.json`
+with empty weights and attaches the folder's `.nnc` files (or loads them all at once with
+`mode="eager"`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BackendUnavailableError, CodecError, FormatError
+
+log = logging.getLogger(__name__)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only without torch
+        raise BackendUnavailableError("the inference hook needs torch (pip install 'codec[torch]')") from exc
+    return torch
+
+
+# --------------------------------------------------------------------------------------
+# Finding blocks
+# --------------------------------------------------------------------------------------
+def find_blocks(model) -> list[tuple[str, object]]:
+    """(qualified name, module) of every repeated block, outermost ModuleLists first."""
+    nn = _torch().nn
+    lists = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) >= 2 and len({type(m) for m in mod}) == 1 \
+                and any(True for _ in mod[0].parameters()):
+            lists.append((name, mod))
+    chosen: list[tuple[str, object]] = []
+    for name, mod in sorted(lists, key=lambda x: x[0].count(".")):
+        if not any(name.startswith(c + ".") for c, _ in chosen):
+            chosen.append((name, mod))
+    blocks = []
+    for name, mod in sorted(chosen, key=lambda x: x[0]):
+        blocks += [(f"{name}.{i}" if name else str(i), m) for i, m in enumerate(mod)]
+    return blocks
+
+
+# --------------------------------------------------------------------------------------
+# Matching parameters to stored tensors
+# --------------------------------------------------------------------------------------
+class _Store:
+    """Tensor name -> (reader, name), over one or more compressed readers."""
+
+    def __init__(self, readers) -> None:
+        self.where: dict[str, object] = {}
+        for r in readers:
+            for k in r.keys():
+                self.where[k] = r
+
+    def resolve(self, names: list[str], prefix: str | None) -> str | None:
+        for n in names:
+            cands = [n]
+            if prefix:
+                cands += [n.removeprefix(prefix + "."), f"{prefix}.{n}"]
+            for c in cands:
+                if c in self.where:
+                    return c
+        return None
+
+
+@dataclass
+class _Slot:
+    param: object             # nn.Parameter (or buffer owner info)
+    tensor: str               # stored name
+    frame: object             # parsed Frame over resident bytes
+    nbytes: int
+    shape: tuple
+    dtype: object             # torch dtype
+    offset: int = 0           # in the block buffer
+
+
+@dataclass
+class _Block:
+    name: str
+    module: object
+    slots: list[_Slot] = field(default_factory=list)
+    nbytes: int = 0
+    decoded: bool = False
+
+
+class Handle:
+    """What `attach` returns: hooks, resident frames and statistics; `remove()` undoes it."""
+
+    def __init__(self, model, device: str, workers: int) -> None:
+        self.model = model
+        self.device = device
+        self.workers = workers
+        self.blocks: list[_Block] = []
+        self.hooks: list = []
+        self.resident_bytes = 0      # compressed bytes kept in memory
+        self.decoded_bytes = 0       # bytes decoded once, outside blocks
+        self.buffer = None
+        self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+
+    # -- decoding ---------------------------------------------------------------------
+    def _decode_into(self, slot: _Slot, out: np.ndarray) -> None:
+        slot.frame.decode(out=out, workers=1)
+
+    def _tensor_from(self, raw: np.ndarray, slot: _Slot):
+        torch = _torch()
+        t = torch.from_numpy(raw)
+        if slot.nbytes == 0:
+            return torch.empty(slot.shape, dtype=slot.dtype, device=self.device)
+        t = t.view(slot.dtype).view(slot.shape)
+        return t if self.device == "cpu" else t.to(self.device, non_blocking=False)
+
+    def decode_block(self, block: _Block) -> None:
+        torch = _torch()
+        buf = self.buffer[:block.nbytes]
+
+        def one(slot: _Slot) -> None:
+            self._decode_into(slot, buf[slot.offset:slot.offset + slot.nbytes])
+
+        if self._pool is not None and len(block.slots) > 1:
+            list(self._pool.map(one, block.slots))
+        else:
+            for s in block.slots:
+                one(s)
+        with torch.no_grad():
+            for s in block.slots:
+                s.param.data = self._tensor_from(buf[s.offset:s.offset + s.nbytes], s)
+        block.decoded = True
+
+    def release_block(self, block: _Block) -> None:
+        for s in block.slots:
+            s.param.data = _placeholder(s.shape, s.dtype, self.device)
+        block.decoded = False
+
+    # -- lifecycle --------------------------------------------------------------------
+    def remove(self, materialize: bool = True) -> None:
+        """Remove the hooks; with `materialize`, decode every block's weights for good."""
+        for h in self.hooks:
+            h.remove()
+        self.hooks.clear()
+        if materialize:
+            for b in self.blocks:
+                self.decode_block(b)
+                for s in b.slots:  # own copies: the shared buffer is reused by the next block
+                    s.param.data = s.param.data.clone()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def stats(self) -> dict:
+        return {"blocks": len(self.blocks), "resident_compressed_bytes": self.resident_bytes,
+                "decoded_outside_blocks_bytes": self.decoded_bytes,
+                "block_buffer_bytes": 0 if self.buffer is None else int(self.buffer.nbytes),
+                "block_weight_bytes": sum(b.nbytes for b in self.blocks)}
+
+
+def _placeholder(shape, dtype, device):
+    """A tensor with the right shape and dtype that holds one element (stride 0)."""
+    torch = _torch()
+    return torch.zeros((), dtype=dtype, device=device).expand(shape)
+
+
+def _resident_frame(reader, name: str):
+    """Parse the tensor's frame over an in-memory copy of its bytes (kept resident)."""
+    from .formats.frame import parse_frame
+
+    entry = reader._nf.tensors[name]
+    blob = reader._nf.buf[entry.offset:entry.offset + entry.length]
+    fr = parse_frame(blob, 0, len(blob), where=f"tensor {name!r}")
+    reader._nf.frame(entry)  # validates the manifest's dtype/shape against the frame
+    # Corruption must surface now, naming the tensor, not in the middle of a generation.
+    fr.index  # noqa: B018  (parses and checks the chunk index)
+    if fr.chunk_count:
+        fr.verify_section(2)
+    return fr, len(blob)
+
+
+def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
+           strict: bool = True, eager: bool = False) -> Handle:
+    """Attach compressed weights to `model`; blocks decode on the fly (or all now, `eager=True`).
+
+    `reader` is a `codec.open(...)` result or a list of them (sharded checkpoints). Every
+    parameter and persistent buffer of the model must be found with a matching shape
+    (`strict`), else a FormatError names the tensor before anything runs.
+    """
+    torch = _torch()
+    from .api import default_workers
+    from .dtypes import torch_dtype
+
+    readers = reader if isinstance(reader, (list, tuple)) else [reader]
+    store = _Store(readers)
+    if device != "cpu":
+        _check_device(device)
+    h = Handle(model, device, workers or default_workers())
+    prefix = getattr(model, "base_model_prefix", None)
+
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # tied parameters become one object before we match names
+    # every parameter object once, with all the names it is known by (tied weights have several)
+    names: dict[int, list[str]] = {}
+    objects: dict[int, object] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
+        objects[id(p)] = p
+    block_of: dict[int, str] = {}
+    blocks = [] if eager else find_blocks(model)
+    block_params: dict[str, list[int]] = {}
+    for bname, bmod in blocks:
+        ids = [id(p) for p in bmod.parameters()]
+        block_params[bname] = ids
+        for i in ids:
+            block_of[i] = bname if i not in block_of else "<shared>"
+
+    missing, used = [], set()
+    replacement: dict[int, object] = {}
+    slots_by_block: dict[str, list[_Slot]] = {b: [] for b, _ in blocks}
+    with torch.no_grad():
+        for pid, p in objects.items():
+            stored = store.resolve(names[pid], prefix)
+            if stored is None:
+                missing.append(names[pid][0])
+                continue
+            used.add(stored)
+            rd = store.where[stored]
+            fr, nbytes = _resident_frame(rd, stored)
+            shape = tuple(fr.shape)
+            if tuple(p.shape) != shape:
+                raise FormatError(f"tensor {stored!r} has shape {list(shape)} in the file, "
+                                  f"the model expects {list(p.shape)}")
+            slot = _Slot(None, stored, fr, fr.decoded_size, shape, torch_dtype(fr.dtype))
+            b = block_of.get(pid)
+            if b is None or b == "<shared>":
+                value = h._tensor_from(fr.decode(workers=h.workers), slot)
+                h.decoded_bytes += fr.decoded_size
+            else:
+                slots_by_block[b].append(slot)
+                h.resident_bytes += nbytes
+                value = _placeholder(shape, slot.dtype, device)
+            # A new Parameter (the model's may live on the meta device, whose data cannot be
+            # swapped); every module that held the old one gets the new one, so ties survive.
+            slot.param = replacement[pid] = torch.nn.Parameter(value, requires_grad=False)
+        # persistent buffers stored in the file (e.g. BERT's position_ids)
+        for bname_, buf in list(model.named_buffers()):
+            stored = store.resolve([bname_], prefix)
+            if stored is None or stored in used:
+                continue
+            fr, _ = _resident_frame(store.where[stored], stored)
+            slot = _Slot(None, stored, fr, fr.decoded_size, tuple(fr.shape), torch_dtype(fr.dtype))
+            if tuple(buf.shape) == slot.shape:
+                buf.copy_(h._tensor_from(fr.decode(), slot).to(buf.dtype))
+            used.add(stored)
+    _rebind(model, replacement)
+    if missing and strict:
+        raise FormatError(f"{len(missing)} model parameters are not in the compressed weights, "
+                          f"first: {missing[:5]}")
+    for bname, bmod in blocks:
+        blk = _Block(bname, bmod, slots_by_block[bname])
+        off = 0
+        for s in blk.slots:
+            s.offset = off
+            off += -(-s.nbytes // 64) * 64  # 64-byte aligned views
+        blk.nbytes = off
+        h.blocks.append(blk)
+    largest = max((b.nbytes for b in h.blocks), default=0)
+    h.buffer = np.empty(largest, np.uint8)
+    for blk in h.blocks:
+        if not blk.slots:
+            continue
+        h.hooks.append(blk.module.register_forward_pre_hook(
+            lambda mod, args, blk=blk: h.decode_block(blk)))
+        h.hooks.append(blk.module.register_forward_hook(
+            lambda mod, args, out, blk=blk: h.release_block(blk)))
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return h
+
+
+def _rebind(model, replacement: dict[int, object]) -> None:
+    for mod in model.modules():
+        for k, v in list(mod._parameters.items()):
+            if v is not None and id(v) in replacement:
+                mod._parameters[k] = replacement[id(v)]
+
+
+def _check_device(device: str) -> None:
+    torch = _torch()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"device {device!r} requested but torch sees no CUDA device")
+
+
+# --------------------------------------------------------------------------------------
+# Whole models
+# --------------------------------------------------------------------------------------
+def _weight_files(folder: Path) -> list[Path]:
+    nnc = sorted(folder.glob("*.nnc"))
+    if nnc:
+        return nnc
+    raise CodecError(f"{folder} holds no .nnc weight files (compress them with `codec compress`)")
+
+
+def build_empty_model(folder, config=None):
+    """A transformers model from `config.json`, with parameters on the meta device."""
+    try:
+        import transformers
+        from accelerate import init_empty_weights
+    except ImportError as exc:
+        raise BackendUnavailableError("load_model needs transformers and accelerate "
+                                      "(pip install 'codec[llm]')") from exc
+    config = config or transformers.AutoConfig.from_pretrained(str(folder))
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    with init_empty_weights():
+        if cls is not None:
+            return cls._from_config(config)
+        # No architecture recorded: a causal LM head if the model type has one, else the bare model.
+        try:
+            return transformers.AutoModelForCausalLM.from_config(config)
+        except ValueError:
+            return transformers.AutoModel.from_config(config)
+
+
+def load_model(path, *, device: str = "cpu", mode: str = "on_the_fly", workers: int | None = None,
+               **hub_kwargs):
+    """A `transformers` model whose weights come from `.nnc` files, ready for forward/generate.
+
+    `path` is a folder with `config.json` and `.nnc` weights (as written by `codec compress`),
+    or a Hub repo id (pulled with `codec.hub.pull`). `mode="eager"` decodes everything now;
+    `"on_the_fly"` keeps the compressed bytes resident and decodes one block at a time.
+    """
+    from .api import open as open_nnc
+
+    if mode not in ("on_the_fly", "eager"):
+        raise ValueError(f"mode must be 'on_the_fly' or 'eager', not {mode!r}")
+    folder = Path(path)
+    if not folder.is_dir():
+        from . import hub
+
+        folder = Path(hub.pull(str(path), **hub_kwargs))
+    files = _weight_files(folder)
+    model = build_empty_model(folder)
+    readers = [open_nnc(p) for p in files]
+    handle = attach(model, readers, device=device, workers=workers, eager=(mode == "eager"))
+    for r in readers:
+        r.close()
+    model.eval()
+    model.codec_handle = handle
+    if device != "cpu":
+        model.to(device)
+    return model
+
+
+def weight_bytes(model) -> int:
+    """Bytes held by a model's parameters, counting shared storage once and placeholders as 0."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        st = p.untyped_storage()
+        key = st.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        total += st.nbytes()
+    return total
+
+
+def _prod(shape) -> int:
+    return math.prod(shape)

@@ -1,0 +1,123 @@
+"""`bytegroup` codec (ZipNN layout): round trips over dtypes, reference, corruption."""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from codec import _reference as ref
+from codec.errors import FormatError
+from codec.registry import get_codec
+from codec.source import ArraySource
+from codec.transforms.bytegroup import ByteGroup
+
+DTYPES = {"F16": np.float16, "BF16": np.uint16, "F32": np.float32, "F64": np.float64,
+          "I8": np.int8, "U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
+          "U16": np.uint16, "U32": np.uint32, "U64": np.uint64}
+
+
+def sample(dtype, n, seed=0):
+    rng = np.random.default_rng(seed)
+    npd = np.dtype(DTYPES[dtype])
+    if dtype in ("F16", "F32", "F64"):
+        v = rng.normal(0, 0.02, n).astype(npd)
+        sp = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, np.finfo(npd).tiny / 4, -np.finfo(npd).max], npd)
+        v[: min(n, sp.size)] = sp[: min(n, sp.size)]
+        if n > 8:  # NaN payload
+            u = v.view(np.dtype(f"u{npd.itemsize}"))
+            u[7] = (u[4] | 1)
+        return v
+    if dtype == "BF16":
+        return (rng.normal(0, 0.02, n).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    info = np.iinfo(npd)
+    return rng.integers(max(info.min, -1000), min(info.max, 1000), n, endpoint=True).astype(npd)
+
+
+def roundtrip(dtype, values, chunk=8192, **kw):
+    b = values.view(np.uint8).reshape(-1)
+    c = ByteGroup(**kw).fit(ArraySource(b), dtype)
+    c2 = get_codec(json.loads(json.dumps(c.get_config())))
+    total = 0
+    for off in range(0, b.size, chunk):
+        ch = b[off:off + chunk]
+        e = c.encode(ch)
+        out = np.empty_like(ch)
+        c2.decode(e, out)
+        assert np.array_equal(out, ch)
+        assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), ch.size), ch) if off == 0 else True
+        total += len(e)
+    return c, total
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("n", [0, 1, 7, 3001])
+def test_roundtrip_dtypes(dtype, n):
+    roundtrip(dtype, sample(dtype, n))
+
+
+def test_odd_tail_and_zstd_modes():
+    v = sample("F32", 1000).view(np.uint8)[:-3]  # not a multiple of the item size
+    for z in ("always", "never"):
+        c = ByteGroup(itemsize=4, rotate=1, zstd=z)
+        e = c.encode(v)
+        out = np.empty_like(v)
+        c.decode(e, out)
+        assert np.array_equal(out, v)
+        assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), v.size), v)
+
+
+def test_compresses_floats_and_ints():
+    _, t = roundtrip("F32", sample("F32", 20000))
+    assert t < 0.85 * 80000
+    _, t = roundtrip("I64", np.arange(20000, dtype=np.int64))
+    assert t < 0.2 * 160000
+
+
+def test_deterministic():
+    v = sample("F16", 5000, 3)
+    c = ByteGroup().fit(ArraySource(v.view(np.uint8)), "F16")
+    assert c.encode(v.view(np.uint8)) == c.encode(v.copy().view(np.uint8))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(min_size=0, max_size=600), st.sampled_from([1, 2, 4, 8]), st.integers(0, 7))
+def test_property_bytes(data, itemsize, rot):
+    b = np.frombuffer(data, np.uint8)
+    c = ByteGroup(itemsize=itemsize, rotate=rot % (8 * itemsize), zstd="always")
+    e = c.encode(b)
+    out = np.empty_like(b)
+    c.decode(e, out)
+    assert np.array_equal(out, b)
+    assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), b.size), b)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["flip", "truncate"]))
+def test_corruption(seed, how):
+    rng = np.random.default_rng(seed)
+    dtype = ["F32", "F16", "I32"][seed % 3]
+    v = sample(dtype, 2000, seed % 5).view(np.uint8)
+    c = ByteGroup().fit(ArraySource(v), dtype)
+    e = bytearray(c.encode(v))
+    if how == "flip":
+        for _ in range(int(rng.integers(1, 6))):
+            i = int(rng.integers(0, len(e)))
+            e[i] ^= 1 << int(rng.integers(0, 8))
+    else:
+        e = e[: int(rng.integers(0, len(e)))]
+    out = np.empty_like(v)
+    try:
+        c.decode(bytes(e), out)
+    except FormatError:
+        pass
+
+
+def test_real_weights_f32():
+    from benches_data import minilm_f32_tensors
+
+    ts = minilm_f32_tensors(2)
+    if not ts:
+        pytest.skip("MiniLM package not installed")
+    for f in ts:
+        _, t = roundtrip("F32", f, chunk=1 << 18)
+        assert t < 0.86 * f.nbytes

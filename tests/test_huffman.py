@@ -1,0 +1,135 @@
+"""Canonical length-limited Huffman: construction, round trips, robustness, reference agreement."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from codec import _reference as ref
+from codec.entropy import huffman as H
+from codec.errors import FormatError
+
+
+def _roundtrip(data, max_len=15):
+    counts = np.bincount(data, minlength=256 if data.dtype == np.uint8 else int(data.max()) + 1)
+    lengths = H.code_lengths(counts, max_len)
+    bits, nbits = H.encode(data, lengths)
+    out = H.decode(bits, nbits, data.size, lengths, max_len)
+    assert np.array_equal(out.astype(np.int64), data.astype(np.int64))
+    return lengths, bits, nbits
+
+
+def test_kraft_and_limit():
+    rng = np.random.default_rng(0)
+    for max_len in (9, 12, 15, 24, 32):
+        counts = (rng.pareto(0.7, 300) * 10).astype(np.int64) + 1  # very skewed: forces limiting
+        lengths = H.code_lengths(counts, max_len)
+        assert lengths.max() <= max_len and (lengths > 0).all()
+        assert sum(2.0 ** -int(x) for x in lengths) <= 1.0
+
+
+def test_optimal_when_unlimited():
+    import heapq
+    rng = np.random.default_rng(1)
+    counts = rng.integers(1, 1000, 200)
+    h = list(counts)
+    heapq.heapify(h)
+    cost = 0
+    while len(h) > 1:
+        a, b = heapq.heappop(h), heapq.heappop(h)
+        cost += a + b
+        heapq.heappush(h, a + b)
+    assert int((H.code_lengths(counts, 32).astype(np.int64) * counts).sum()) == cost
+
+
+def test_deterministic():
+    counts = np.array([5, 5, 5, 5, 3, 3, 0, 1, 1], np.int64)  # many ties
+    a = H.code_lengths(counts, 15)
+    for _ in range(3):
+        assert np.array_equal(a, H.code_lengths(counts.copy(), 15))
+    data = np.repeat(np.arange(9, dtype=np.uint8), counts)
+    assert H.encode(data, a)[0].tobytes() == H.encode(data.copy(), a)[0].tobytes()
+
+
+def test_single_symbol_and_all_symbols():
+    _roundtrip(np.full(1001, 7, np.uint8))
+    _roundtrip(np.arange(256, dtype=np.uint8).repeat(3))
+    rng = np.random.default_rng(2)
+    _roundtrip(rng.integers(0, 256, 5000).astype(np.uint8))
+
+
+def test_long_codes_slow_path():
+    # geometric counts give codes up to max_len, longer than the lookup table
+    counts = np.array([1 << max(0, 20 - i) for i in range(24)], np.int64)
+    data = np.repeat(np.arange(24, dtype=np.uint8), counts)
+    np.random.default_rng(3).shuffle(data)
+    lengths, _, _ = _roundtrip(data, max_len=20)
+    assert lengths.max() > H.LUT_BITS
+
+
+def test_uint16_alphabet():
+    rng = np.random.default_rng(4)
+    data = (rng.geometric(0.01, 20000) % 2048).astype(np.uint16)
+    _roundtrip(data, max_len=24)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 255), min_size=1, max_size=400), st.integers(8, 32))
+def test_property_roundtrip_and_reference(values, max_len):
+    data = np.array(values, np.uint8)
+    counts = np.bincount(data, minlength=256)
+    if np.count_nonzero(counts) > (1 << max_len):
+        return
+    lengths, bits, nbits = _roundtrip(data, max_len)
+    assert np.array_equal(ref.huffman_decode(bits, nbits, data.size, lengths), data)
+
+
+def test_block_roundtrip_and_reference():
+    rng = np.random.default_rng(5)
+    for data in (rng.integers(0, 40, 3000).astype(np.uint8), np.zeros(10, np.uint8), np.zeros(0, np.uint8)):
+        blk = H.encode_block(data)
+        assert len(blk) == H.block_size(np.bincount(data, minlength=256))
+        out = np.empty(data.size, np.uint8)
+        H.decode_block(np.frombuffer(blk, np.uint8), out)
+        assert np.array_equal(out, data)
+        if data.size:
+            assert np.array_equal(ref.huffman_block_decode(blk, data.size), data)
+
+
+def test_bad_tables_rejected():
+    with pytest.raises(FormatError):
+        H.validate_lengths(np.array([1, 1, 1], np.uint8), 15)  # Kraft sum 1.5
+    with pytest.raises(FormatError):
+        H.validate_lengths(np.array([16, 1], np.uint8), 15)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 10**9), st.sampled_from(["flip", "truncate", "extend"]))
+def test_corrupt_streams_never_crash(seed, how):
+    rng = np.random.default_rng(seed)
+    data = rng.choice(np.arange(30, dtype=np.uint8), 2000, p=np.r_[[0.5, 0.2], np.full(28, 0.3 / 28)])
+    counts = np.bincount(data, minlength=256)
+    lengths = H.code_lengths(counts, 15)
+    bits, nbits = H.encode(data, lengths)
+    bad = bits.copy()
+    if how == "flip":
+        for _ in range(int(rng.integers(1, 5))):
+            i = int(rng.integers(0, bad.size))
+            bad[i] ^= np.uint8(1 << int(rng.integers(0, 8)))
+        nb = nbits
+    elif how == "truncate":
+        bad = bad[: int(rng.integers(0, bad.size))]
+        nb = min(nbits, 8 * bad.size)
+    else:
+        nb = nbits + int(rng.integers(1, 40))
+        bad = np.concatenate([bad, rng.integers(0, 256, 8).astype(np.uint8)])
+    try:
+        out = H.decode(bad, nb, data.size, lengths, 15)
+    except FormatError:
+        return
+    assert out.size == data.size
+
+
+def test_incomplete_code_detects_bad_pattern():
+    lengths = np.zeros(256, np.uint8)
+    lengths[3] = 1  # single symbol: code "0"; "1" is invalid
+    with pytest.raises(FormatError):
+        H.decode(np.array([0xFF, 0, 0, 0], np.uint8), 8, 8, lengths, 15)
