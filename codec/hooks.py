@@ -238,14 +238,17 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
                 continue
             used.add(stored)
             rd = store.where[stored]
-            fr, nbytes = _resident_frame(rd, stored)
+            b = block_of.get(pid)
+            on_the_fly = b is not None and b != "<shared>"
+            # Block weights keep their compressed bytes in memory; the rest is decoded once,
+            # straight from the file, so eager loading never holds both forms of a tensor.
+            fr, nbytes = _resident_frame(rd, stored) if on_the_fly else (rd.frame(stored), 0)
             shape = tuple(fr.shape)
             if tuple(p.shape) != shape:
                 raise FormatError(f"tensor {stored!r} has shape {list(shape)} in the file, "
                                   f"the model expects {list(p.shape)}")
             slot = _Slot(None, stored, fr, fr.decoded_size, shape, torch_dtype(fr.dtype))
-            b = block_of.get(pid)
-            if b is None or b == "<shared>":
+            if not on_the_fly:
                 value = h._tensor_from(fr.decode(workers=h.workers), slot)
                 h.decoded_bytes += fr.decoded_size
             else:
