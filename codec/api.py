@@ -4,7 +4,6 @@ Keyword names match the CLI's options (`codec=`, `level=`, `workers=`, `overwrit
 """
 from __future__ import annotations
 
-import builtins
 import hashlib
 import os
 import threading
@@ -16,6 +15,7 @@ import numpy as np
 
 from . import __version__
 from .arrays import from_bytes, to_bytes_and_dtype
+from .checksum import sha256_file
 from .errors import CodecError, FormatError
 from .policy import resolve
 
@@ -102,11 +102,7 @@ class _Sha256Thread(threading.Thread):
 
     def run(self) -> None:
         try:
-            h = hashlib.sha256()
-            with builtins.open(self.path, "rb") as f:
-                while piece := f.read(8 << 20):
-                    h.update(piece)
-            self.hexdigest = h.hexdigest()
+            self.hexdigest = sha256_file(self.path)
         except Exception as exc:  # noqa: BLE001  (re-raised by the caller)
             self.error = exc
 
@@ -160,7 +156,7 @@ def compress_file(path, output=None, *, codec="auto", level: int | None = None,
         with AtomicWriter(output, overwrite) as fh:
             w = NncWriter(fh)
             for role, src, dtype, shape, name in pieces:
-                c = resolve(codec, dtype, level) if role == "tensor" else resolve("zstd", "U8", level)
+                c = resolve(codec, dtype, level) if role != "header" else resolve("zstd", "U8", level)
                 c = c.fit(src, dtype)
                 off = w.begin_frame()
                 fh.seek(off)
@@ -194,24 +190,30 @@ def decompress_file(path, output=None, *, workers: int | None = None, overwrite:
     output = Path(output) if output is not None else _default_decompressed_name(path)
     workers = workers or default_workers()
     t0 = time.perf_counter()
-    with NncFile(path) as nf:
-        total = nf.manifest["original_size"]
-        bar = _progress(total, f"decompress {path.name}", progress)
-        with AtomicWriter(output, overwrite) as fh:
-            h = hashlib.sha256()
-            written = 0
-            for entry in nf.entries:
-                frame = nf.frame(entry)
-                if written + frame.decoded_size > total:
-                    raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
-                for chunk in frame.iter_decoded(workers):
-                    fh.write(chunk)
-                    h.update(chunk)
-                    written += chunk.size
-                    bar.update(chunk.size)
-            _check_original(path, written, h.hexdigest(), nf.manifest)
-        bar.close()
+    with NncFile(path) as nf, AtomicWriter(output, overwrite) as fh:
+        total = _replay(nf, path, workers, progress, "decompress", fh.write)
     return Result(str(path), str(output), total, path.stat().st_size, time.perf_counter() - t0)
+
+
+def _replay(nf, path: Path, workers: int, progress: bool, verb: str, sink) -> int:
+    """Decode every entry in order into `sink` (or nowhere), then check size and sha256."""
+    total = nf.manifest["original_size"]
+    bar = _progress(total, f"{verb} {path.name}", progress)
+    h = hashlib.sha256()
+    done = 0
+    for entry in nf.entries:
+        frame = nf.frame(entry)
+        if done + frame.decoded_size > total:
+            raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
+        for chunk in frame.iter_decoded(workers):
+            if sink is not None:
+                sink(chunk)
+            h.update(chunk)
+            done += chunk.size
+            bar.update(chunk.size)
+    bar.close()
+    _check_original(path, done, h.hexdigest(), nf.manifest)
+    return total
 
 
 def _check_original(path, size: int, sha: str, manifest: dict) -> None:
@@ -241,20 +243,7 @@ def verify(path, *, workers: int | None = None, progress: bool = False) -> Verif
     path = Path(path)
     workers = workers or default_workers()
     with NncFile(path) as nf:
-        total = nf.manifest["original_size"]
-        bar = _progress(total, f"verify {path.name}", progress)
-        h = hashlib.sha256()
-        seen = 0
-        for entry in nf.entries:
-            frame = nf.frame(entry)
-            if seen + frame.decoded_size > total:
-                raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
-            for chunk in frame.iter_decoded(workers):
-                h.update(chunk)
-                seen += chunk.size
-                bar.update(chunk.size)
-        bar.close()
-        _check_original(path, seen, h.hexdigest(), nf.manifest)
+        total = _replay(nf, path, workers, progress, "verify", None)
         return VerifyReport(str(path), True, len(nf.entries), total)
 
 

@@ -20,3 +20,14 @@ class Hasher:
 
     def intdigest(self) -> int:
         return self._h.intdigest()
+
+
+def sha256_file(path, piece: int = 8 << 20) -> str:
+    """Hex sha256 of a file, read a piece at a time (hashlib releases the GIL on large pieces)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(piece):
+            h.update(data)
+    return h.hexdigest()

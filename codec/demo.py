@@ -1,7 +1,6 @@
 """`codec demo`: compress a real model (or a generated one), verify, restore, and show the result."""
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -35,16 +34,9 @@ def _demo_input(folder: Path) -> tuple[Path, str]:
         return path, _generated_model(path)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while piece := f.read(8 << 20):
-            h.update(piece)
-    return h.hexdigest()
-
-
 def run_demo(folder=None, workers=None, progress=False) -> int:
     from .api import compress_file, decompress_file, inspect, verify
+    from .checksum import sha256_file
 
     tmp = None
     if folder is None:
@@ -60,7 +52,7 @@ def run_demo(folder=None, workers=None, progress=False) -> int:
     print(f"verified {r.output}: {rep.frames} frames, every checksum and the original sha256 match")
     restored = folder / (src.stem + ".restored.safetensors")
     d = decompress_file(r.output, restored, workers=workers, overwrite=True, progress=progress)
-    same = _sha256(src) == _sha256(restored)
+    same = sha256_file(src) == sha256_file(restored)
     print(d.summary("decompressed").replace(" (ratio", " (from ratio"))
     print(f"sha256 of restored file {'matches' if same else 'DIFFERS FROM'} the original")
     info = inspect(r.output, entropy=False)

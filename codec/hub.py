@@ -29,7 +29,6 @@ client's exception chained.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -37,6 +36,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .checksum import sha256_file
 from .errors import BackendUnavailableError, CodecError, FileExistsCodecError
 
 log = logging.getLogger("codec.hub")
@@ -232,14 +232,6 @@ def _scan(folder: Path) -> list[str]:
     return sorted(out)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while piece := f.read(8 << 20):
-            h.update(piece)
-    return h.hexdigest()
-
-
 def _nnc_manifest(path: Path) -> dict:
     from .formats.nncfile import NncFile
 
@@ -368,7 +360,7 @@ def push(folder, repo_id: str, *, revision: str | None = None, private: bool = F
                     try:
                         man = _nnc_manifest(have)
                         reuse = (man["original_size"] == src.stat().st_size
-                                 and man["original_sha256"] == _sha256(src))
+                                 and man["original_sha256"] == sha256_file(src))
                     except CodecError:
                         reuse = False
                 if reuse:

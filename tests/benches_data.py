@@ -1,28 +1,17 @@
-"""Test helper: small real BF16/F16/F32 tensors from the MiniLM package (skipped when absent)."""
-import os
-import sys
-
+"""Test helper: small real F32 tensors from the MiniLM package (empty when it is absent)."""
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benches"))
+from codec import datasets
 
 
 def minilm_f32_tensors(count):
     try:
-        import data  # benches/data.py
-    except ImportError:
+        tensors = datasets.minilm_tensors("F32")
+    except FileNotFoundError:
         return []
-    p = data.minilm_path()
-    if not p:
-        return []
-    t = data.load_tensors(p)
-    names = sorted(t, key=lambda k: -t[k][1].size)[1:1 + count]  # skip the 23 MB embedding
-    return [np.array(t[k][1]).view(np.float32) for k in names]
+    names = sorted(tensors, key=lambda k: -tensors[k][2].size)[1:1 + count]  # skip the 23 MB embedding
+    return [np.array(tensors[k][2]).view(np.float32) for k in names]
 
 
 def minilm_bf16_tensors(count):
-    out = []
-    for f in minilm_f32_tensors(count):
-        u = f.view(np.uint32).astype(np.uint64)
-        out.append(((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16))
-    return out
+    return [datasets.f32_to_bf16_bits(f) for f in minilm_f32_tensors(count)]
