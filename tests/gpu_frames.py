@@ -6,33 +6,14 @@ import io
 import numpy as np
 
 from codec import datasets
-from codec.entropy import exponent as xp
-from codec.formats.frame import SEC_GPU_SYNC, parse_frame, write_frame
+from codec.formats.frame import parse_frame, write_frame
 from codec.registry import get_codec
 from codec.source import ArraySource
 
 
-class _SyncExponent(xp.Exponent):
-    """The exponent codec with its GPU sync section declared to the container, so frames carry it.
-
-    (`Exponent` itself does not declare `extra_section_types` yet; see the GPU closing note.)
-    """
-
-    extra_section_types = (SEC_GPU_SYNC,)
-    n_values: list = []
-
-    def extra_sections(self, chunks):
-        # the container passes None for chunks it stored raw, and build_gpu_sync then needs
-        # their value counts, which only the writer knows (set by make_frame)
-        return {SEC_GPU_SYNC: xp.build_gpu_sync(self, chunks, self.n_values)}
-
-
 def make_frame(raw: np.ndarray, shape, *, sync_section: bool = True, chunk_size: int = 1 << 18, **cfg):
-    codec = get_codec({"id": "exponent", "gpu_sync": True, **cfg}).fit(ArraySource(raw), "BF16")
-    if sync_section:
-        fitted = _SyncExponent.from_config(codec.get_config())
-        fitted.n_values = [min(chunk_size, raw.size - s) // 2 for s in range(0, raw.size, chunk_size)]
-        codec = fitted
+    """An exponent frame; with `sync_section` the container writes the GPU sync index (section 4)."""
+    codec = get_codec({"id": "exponent", "gpu_sync": sync_section, **cfg}).fit(ArraySource(raw), "BF16")
     bio = io.BytesIO()
     write_frame(bio, ArraySource(raw), codec, "BF16", list(shape), chunk_size=chunk_size)
     return parse_frame(memoryview(bio.getvalue()))
