@@ -329,83 +329,132 @@ def _header_bytes(flags, decoded, chunk_size, chunks, codec_id: bytes, cfg: byte
     return head + struct.pack("<Q", xxh64(head))
 
 
-def write_frame(fh, source, codec, dtype: str, shape, *, chunk_size: int | None = None,
-                workers: int = 1, progress: Callable[[int], None] | None = None,
-                extra_config: dict | None = None) -> FrameStats:
-    """Encode `source` (a TensorSource) with a fitted `codec` into the seekable file `fh`.
+@dataclass
+class FramePlan:
+    """Everything about a frame that is fixed before its chunks are encoded.
 
-    Writes at fh's current position; leaves it at the frame's end.
+    `write_frame` = `plan_frame` + `encode_chunk` for every chunk (in any order, on any machine:
+    each depends only on the plan and the source bytes) + `assemble_frame` in chunk order.
     """
-    size = source.size
+
+    codec: object
+    size: int
+    chunk_size: int
+    n_chunks: int
+    flags: int
+    codec_id: bytes
+    config: bytes
+    extra_types: tuple
+
+    def chunk_range(self, i: int) -> tuple[int, int]:
+        start = i * self.chunk_size
+        return start, min(self.chunk_size, self.size - start)
+
+
+@dataclass
+class EncodedChunk:
+    data: bytes          # what goes into the payload (coded bytes, or the raw bytes)
+    mode: int
+    checksum: int        # XXH3-64 of the decoded bytes
+    decoded_size: int
+    coded: bytes | None  # kept for codecs with extra sections (None if stored raw)
+
+
+def plan_frame(codec, dtype: str, shape, size: int, *, chunk_size: int | None = None,
+               extra_config: dict | None = None) -> FramePlan:
     align = max(1, codec.chunk_alignment())
     chunk_size = chunk_size or getattr(codec, "default_chunk_size", DEFAULT_CHUNK_SIZE)
     chunk_size = max(align, chunk_size // align * align)
     if chunk_size > MAX_CHUNK_SIZE:
         raise ValueError(f"chunk size {chunk_size} exceeds {MAX_CHUNK_SIZE}")
-    n_chunks = -(-size // chunk_size) if size else 0
     config = {"codec": codec.get_config(), "dtype": dtype, "shape": [int(s) for s in shape]}
     if extra_config:
         config.update(extra_config)
-    cfg = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-    cid = codec.codec_id.encode("ascii")
-    flags = 0 if codec.lossless else FLAG_LOSSY
-    # Codecs with extra sections (the GPU sync index) see the encoded chunks at the end;
-    # everyone else streams in bounded memory.
-    extra_types = tuple(getattr(codec, "extra_section_types", ()))
-    keep = bool(extra_types)
-    n_dir = 2 + len(extra_types)
-    header_len = FIXED.size + len(cid) + len(cfg) + n_dir * DIR_ENTRY.size + 8
+    return FramePlan(codec, size, chunk_size, -(-size // chunk_size) if size else 0,
+                     0 if codec.lossless else FLAG_LOSSY, codec.codec_id.encode("ascii"),
+                     json.dumps(config, sort_keys=True, separators=(",", ":")).encode(),
+                     tuple(getattr(codec, "extra_section_types", ())))
+
+
+def encode_chunk(plan: FramePlan, source, i: int) -> EncodedChunk:
+    """Encode chunk i; a chunk whose coding does not shrink it is stored raw."""
+    start, n = plan.chunk_range(i)
+    raw = source.read(start, n)
+    enc = plan.codec.encode(raw) if raw.size else b""
+    keep = enc if plan.extra_types else None
+    if len(enc) >= raw.size:
+        return EncodedChunk(raw.tobytes(), MODE_RAW, xxh64(raw), n, None)
+    return EncodedChunk(enc, MODE_CODED, xxh64(raw), n, keep)
+
+
+def assemble_frame(fh, plan: FramePlan, chunks, progress: Callable[[int], None] | None = None) -> FrameStats:
+    """Write the frame at fh's position from its encoded chunks, given in chunk order.
+
+    Chunks are written as they arrive (memory stays bounded) and the header is patched at the
+    end; leaves fh at the frame's end. Codecs with extra sections keep their coded chunks.
+    """
+    header_len = FIXED.size + len(plan.codec_id) + len(plan.config) + \
+        (2 + len(plan.extra_types)) * DIR_ENTRY.size + 8
     start = fh.tell()
-    index_off = header_len
-    index = np.zeros(n_chunks, INDEX_DTYPE)
-    payload_off = index_off + index.nbytes
+    index = np.zeros(plan.n_chunks, INDEX_DTYPE)
+    payload_off = header_len + index.nbytes
     fh.seek(start + payload_off)
-
-    def encode_one(i: int):
-        raw = source.read(i * chunk_size, min(chunk_size, size - i * chunk_size))
-        enc = codec.encode(raw) if raw.size else b""
-        csum = xxh64(raw)
-        if len(enc) >= raw.size:
-            return raw.tobytes(), MODE_RAW, csum, enc if keep else None
-        return enc, MODE_CODED, csum, enc if keep else None
-
-    stats = FrameStats(decoded_size=size, chunks=n_chunks)
+    stats = FrameStats(decoded_size=plan.size, chunks=plan.n_chunks)
     payload_hash = Hasher()
-    pos = 0
+    pos, count = 0, 0
     kept: list[bytes | None] = []
-    for i, (data, mode, csum, coded) in enumerate(_ordered_map(encode_one, range(n_chunks), workers)):
-        fh.write(data)
-        payload_hash.update(data)
-        index[i]["offset"], index[i]["size"] = pos, len(data)
-        index[i]["checksum"], index[i]["mode"] = csum, mode
-        stats.raw_chunks += mode == MODE_RAW
-        pos += len(data)
-        if keep:
-            kept.append(coded if mode == MODE_CODED else None)
+    for i, ch in enumerate(chunks):
+        if ch.decoded_size != plan.chunk_range(i)[1]:
+            raise ValueError(f"chunk {i} decodes to {ch.decoded_size} bytes, the plan says {plan.chunk_range(i)[1]}")
+        fh.write(ch.data)
+        payload_hash.update(ch.data)
+        index[i]["offset"], index[i]["size"] = pos, len(ch.data)
+        index[i]["checksum"], index[i]["mode"] = ch.checksum, ch.mode
+        stats.raw_chunks += ch.mode == MODE_RAW
+        pos += len(ch.data)
+        count += 1
+        if plan.extra_types:
+            kept.append(ch.coded if ch.mode == MODE_CODED else None)
         if progress:
-            progress(min(chunk_size, size - i * chunk_size))
-    directory = [Section(SEC_CHUNK_INDEX, SECTION_MUST_UNDERSTAND, index_off, index.nbytes, xxh64(index)),
+            progress(ch.decoded_size)
+    if count != plan.n_chunks:
+        raise ValueError(f"got {count} chunks, the plan has {plan.n_chunks}")
+    directory = [Section(SEC_CHUNK_INDEX, SECTION_MUST_UNDERSTAND, header_len, index.nbytes, xxh64(index)),
                  Section(SEC_PAYLOAD, SECTION_MUST_UNDERSTAND, payload_off, pos, payload_hash.intdigest())]
     end = payload_off + pos
-    if keep:
-        sizes = [min(chunk_size, size - i * chunk_size) for i in range(n_chunks)]
-        sections = codec.extra_sections(kept, sizes)
-        if sorted(sections) != sorted(extra_types):
-            raise RuntimeError(f"codec {codec.codec_id} returned sections {sorted(sections)}, "
-                               f"declared {sorted(extra_types)}")
+    if plan.extra_types:
+        sizes = [plan.chunk_range(i)[1] for i in range(plan.n_chunks)]
+        sections = plan.codec.extra_sections(kept, sizes)
+        if sorted(sections) != sorted(plan.extra_types):
+            raise RuntimeError(f"codec {plan.codec.codec_id} returned sections {sorted(sections)}, "
+                               f"declared {sorted(plan.extra_types)}")
         for typ in sorted(sections):
             blob = sections[typ]
             directory.append(Section(typ, 0 if typ == SEC_GPU_SYNC else SECTION_MUST_UNDERSTAND,
                                      end, len(blob), xxh64(blob)))
             fh.write(blob)
             end += len(blob)
-    head = _header_bytes(flags, size, chunk_size, n_chunks, cid, cfg, directory)
+    head = _header_bytes(plan.flags, plan.size, plan.chunk_size, plan.n_chunks, plan.codec_id,
+                         plan.config, directory)
     fh.seek(start)
     fh.write(head)
     fh.write(index.tobytes())
     fh.seek(start + end)
     stats.encoded_size = end
     return stats
+
+
+def write_frame(fh, source, codec, dtype: str, shape, *, chunk_size: int | None = None,
+                workers: int = 1, progress: Callable[[int], None] | None = None,
+                extra_config: dict | None = None) -> FrameStats:
+    """Encode `source` (a TensorSource) with a fitted `codec` into the seekable file `fh`.
+
+    Writes at fh's current position; leaves it at the frame's end. Chunks are encoded by a
+    thread pool with bounded look-ahead.
+    """
+    plan = plan_frame(codec, dtype, shape, source.size, chunk_size=chunk_size, extra_config=extra_config)
+    encoded = _ordered_map(lambda i: encode_chunk(plan, source, i), range(plan.n_chunks), workers)
+    return assemble_frame(fh, plan, encoded, progress)
 
 
 def encode_frame(data, codec, dtype: str, shape, **kw) -> bytes:
