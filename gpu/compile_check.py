@@ -110,10 +110,18 @@ def nvcc_compile(src: str, archs=ARCHS, defines: dict | None = None, filename: s
     return _parse_ptxas(log)
 
 
+def _nvrtc():
+    """CuPy's low-level NVRTC bindings (their module moved between CuPy releases)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc  # CuPy >= 13
+    except ImportError:
+        from cupy.cuda import nvrtc  # older CuPy
+    return nvrtc
+
+
 def nvrtc_available() -> bool:
     try:
-        from cupy.cuda import nvrtc  # noqa: F401
-        nvrtc.getVersion()
+        _nvrtc().getVersion()
         return True
     except Exception:
         return False
@@ -121,7 +129,7 @@ def nvrtc_available() -> bool:
 
 def nvrtc_compile(src: str, arch: str, defines: dict | None = None, filename: str = "kernel.cu") -> bytes:
     """Compile with NVRTC exactly as cupy.RawModule would, returning the cubin."""
-    from cupy.cuda import nvrtc
+    nvrtc = _nvrtc()
 
     opts = [f"-arch=sm_{arch}", *CUPY_OPTIONS, *defines_to_flags(defines)]
     prog = nvrtc.createProgram(src, filename, [], [])
