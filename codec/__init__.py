@@ -24,6 +24,8 @@ _API = {"compress", "decompress", "compress_file", "decompress_file", "verify", 
 
 _HOOKS = {"load_model", "attach"}
 
+_DISTRIBUTED = {"compress_many", "decompress_many"}
+
 
 def __getattr__(name):
     if name in _API:
@@ -34,9 +36,13 @@ def __getattr__(name):
         from . import hooks
 
         return getattr(hooks, name)
+    if name in _DISTRIBUTED:
+        from . import distributed
+
+        return getattr(distributed, name)
     raise AttributeError(f"module 'codec' has no attribute {name!r}")
 
 
-__all__ = sorted(_API | _HOOKS | {"__version__", "get_codec", "register_codec", "registered", "CodecError",
+__all__ = sorted(_API | _HOOKS | _DISTRIBUTED | {"__version__", "get_codec", "register_codec", "registered", "CodecError",
                          "FormatError", "TruncatedError", "ChecksumError", "UnsupportedVersionError",
                          "UnknownCodecError", "ModelMismatchError", "BackendUnavailableError"})

@@ -116,63 +116,79 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def compress_file(path, output=None, *, codec="auto", level: int | None = None,
                   workers: int | None = None, overwrite: bool = False, container: str = "auto",
-                  chunk_size: int | None = None, progress: bool = False) -> Result:
-    """Compress a file (safetensors, or any file as opaque bytes) to `.nnc`, atomically."""
+                  chunk_size: int | None = None, progress: bool = False,
+                  lossy: str | None = None, group_size: int = 128) -> Result:
+    """Compress a file (safetensors, GGUF, or any file as opaque bytes) to `.nnc`, atomically.
+
+    `lossy="int8"|"int4"|"fp8"` (safetensors only) quantizes every float matrix round-to-nearest
+    per group of `group_size` values and entropy-codes the codes: the result is LOSSY (frames
+    flagged, manifest records the sha256 of the dequantized file, which decompress/verify check).
+    """
     from .formats.frame import write_frame
     from .formats.nncfile import AtomicWriter, Entry, NncWriter
-    from .safetensors_header import looks_like_safetensors, parse_header
+    from .layout import file_pieces, piece_codec
     from .source import FileRangeSource
 
     path = Path(path)
     output = Path(output) if output is not None else path.with_name(path.name + ".nnc")
     if output.resolve() == path.resolve():
         raise CodecError(f"output {output} is the input file")
+    if lossy is not None:
+        from .quantize import SCHEMES
+
+        if lossy not in SCHEMES:
+            raise ValueError(f"lossy must be one of {', '.join(SCHEMES)}, not {lossy!r}")
+        if not isinstance(group_size, int) or not 1 <= group_size <= 1 << 20:
+            raise ValueError(f"group_size must be a positive integer, not {group_size!r}")
     workers = workers or default_workers()
     t0 = time.perf_counter()
-    size = path.stat().st_size
+    plan = file_pieces(str(path), codec, level, container)
+    size = plan.size
+    if lossy is not None and plan.container != "safetensors":
+        raise CodecError(f"{path}: --lossy needs a safetensors input (this is {plan.container})")
     fd = os.open(path, os.O_RDONLY)
     try:
-        prefix = os.pread(fd, 9, 0)
-        if container == "auto":
-            container = "safetensors" if (path.suffix == ".safetensors"
-                                          or looks_like_safetensors(prefix, size)) else "bytes"
-        if container not in ("safetensors", "bytes"):
-            raise ValueError(f"container must be 'auto', 'safetensors' or 'bytes', not {container!r}")
-        pieces = []  # (role, source, dtype, shape, name)
-        metadata = None
-        if container == "safetensors":
-            n = int.from_bytes(prefix[:8], "little") if len(prefix) >= 8 else 0
-            head = os.pread(fd, min(8 + n, size, 8 + (100 << 20)), 0)
-            hdr = parse_header(head, size)
-            metadata = hdr.metadata
-            pieces.append(("header", FileRangeSource(fd, 0, hdr.data_start), "U8", [hdr.data_start], None))
-            for t in hdr.tensors:
-                pieces.append(("tensor", FileRangeSource(fd, hdr.data_start + t.begin, t.nbytes),
-                               t.dtype, t.shape, t.name))
-        else:
-            pieces.append(("bytes", FileRangeSource(fd, 0, size), "U8", [size], None))
         sha = _Sha256Thread(path)
+        hasher = None
+        if lossy is not None:
+            from .quantize import LossySource, OrderedHasher, Quant, eligible
+
+            hasher = OrderedHasher()
         bar = _progress(size, f"compress {path.name}", progress)
+        n_lossy = 0
         with AtomicWriter(output, overwrite) as fh:
             w = NncWriter(fh)
-            for role, src, dtype, shape, name in pieces:
-                c = resolve(codec, dtype, level) if role != "header" else resolve("zstd", "U8", level)
+            for p in plan.pieces:
+                role, dtype, shape, name, base = p.role, p.dtype, p.shape, p.name, p.start
+                src = FileRangeSource(fd, p.start, p.length)
+                c = piece_codec(p, codec, level)
+                if hasher is not None and role == "tensor" and eligible(dtype, shape):
+                    c = Quant(lossy, group_size, dtype)
+                    n_lossy += 1
                 c = c.fit(src, dtype)
+                fsrc = src
+                if hasher is not None:   # the frame writer sees the bytes the file decodes to
+                    fsrc = LossySource(src, base, hasher, c if isinstance(c, Quant) else None)
                 off = w.begin_frame()
                 fh.seek(off)
-                st = write_frame(fh, src, c, dtype, shape, workers=workers, chunk_size=chunk_size,
+                st = write_frame(fh, fsrc, c, dtype, shape, workers=workers, chunk_size=chunk_size,
                                  progress=bar.update)
                 w.add(Entry(role, off, st.encoded_size, name,
                             dtype if role == "tensor" else None, shape if role == "tensor" else None))
             sha.join()
             if sha.error:
                 raise sha.error
-            end = w.finish(container, size, sha.hexdigest, metadata, f"codec {__version__}")
+            extra = None
+            if hasher is not None:
+                extra = {"lossy": {"scheme": lossy, "group_size": group_size, "tensors": n_lossy,
+                                   "decoded_sha256": hasher.hexdigest(size)}}
+            end = w.finish(plan.container, size, sha.hexdigest, plan.metadata, f"codec {__version__}",
+                           extra=extra)
         bar.close()
     finally:
         os.close(fd)
     return Result(str(path), str(output), size, end, time.perf_counter() - t0,
-                  sum(p[0] == "tensor" for p in pieces))
+                  sum(p.role == "tensor" for p in plan.pieces))
 
 
 def _default_decompressed_name(path: Path) -> Path:
@@ -221,6 +237,12 @@ def _check_original(path, size: int, sha: str, manifest: dict) -> None:
 
     if size != manifest["original_size"]:
         raise FormatError(f"{path}: decoded {size} bytes, the original had {manifest['original_size']}")
+    lossy = manifest.get("lossy")
+    if lossy is not None:
+        if sha != lossy["decoded_sha256"]:
+            raise ChecksumError(f"{path}: LOSSY file: sha256 of the dequantized output is {sha}, "
+                                f"expected the recorded {lossy['decoded_sha256']}")
+        return
     if sha != manifest["original_sha256"]:
         raise ChecksumError(f"{path}: sha256 of the restored file is {sha}, "
                             f"expected {manifest['original_sha256']}")
@@ -360,5 +382,5 @@ def inspect(path, *, entropy: bool = True, workers: int | None = None) -> dict:
             "written_by": man["library"], "read_by": f"codec {__version__}",
             "container": man["container"], "original_size": man["original_size"],
             "original_sha256": man["original_sha256"], "compressed_size": path.stat().st_size,
-            "metadata": man.get("metadata"), "tensors": rows,
+            "metadata": man.get("metadata"), "lossy": man.get("lossy"), "tensors": rows,
         }

@@ -50,11 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default), a codec id, or a JSON config; see `codec codecs`")
     p.add_argument("-l", "--level", type=_level_arg, default=None,
                    help="an integer for codecs that take one, or 'max' for the smallest output")
-    p.add_argument("--container", choices=["auto", "safetensors", "bytes"], default="auto",
+    p.add_argument("--lossy", choices=["int8", "int4", "fp8"], default=None,
+                   help="LOSSY: quantize float matrices round-to-nearest per group, then entropy-code "
+                        "(decompress returns the dequantized tensors; default: lossless)")
+    p.add_argument("--group-size", type=int, default=128, help="values per quantization group (--lossy)")
+    p.add_argument("--container", choices=["auto", "safetensors", "gguf", "bytes"], default="auto",
                    help="how to read the input (auto: safetensors if it is one, else opaque bytes)")
     p.add_argument("--chunk-size", type=int, default=None, help="decoded bytes per chunk")
     p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--scheduler", metavar="URL", default=None,
+                   help="run on a Dask cluster (tcp://HOST:8786) or 'local' (a process pool); inputs may "
+                        "be files, folders, globs or fsspec URLs (see README: Many files and clusters)")
     _add_common(p)
 
     p = sub.add_parser("decompress", help="restore the original files from .nnc")
@@ -62,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output path (one input only)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--scheduler", metavar="URL", default=None,
+                   help="run on a Dask cluster (tcp://HOST:8786) or 'local' (a process pool); inputs may "
+                        "be files, folders, globs or fsspec URLs (see README: Many files and clusters)")
     _add_common(p)
 
     p = sub.add_parser("inspect", help="show the format, codecs and sizes of a .nnc file")
@@ -129,8 +139,12 @@ def cmd_compress(args, parser) -> int:
     from .errors import UnknownCodecError
     from .policy import resolve
 
+    if args.scheduler:
+        return _run_many(args, parser, "compress")
     if args.output and len(args.inputs) > 1:
         return _usage(parser, "-o/--output needs exactly one input")
+    if args.group_size < 1:
+        return _usage(parser, "--group-size must be a positive integer")
     if args.codec != "auto":
         try:
             resolve(args.codec, "U8", args.level)
@@ -140,7 +154,7 @@ def cmd_compress(args, parser) -> int:
     for path in args.inputs:
         r = compress_file(path, args.output, codec=args.codec, level=args.level, workers=args.workers,
                           overwrite=args.force, container=args.container, chunk_size=args.chunk_size,
-                          progress=_progress(args))
+                          progress=_progress(args), lossy=args.lossy, group_size=args.group_size)
         results.append(r)
         if not args.json and not args.quiet:
             print(r.summary("compressed"))
@@ -155,9 +169,33 @@ def _result_json(r) -> dict:
             "mb_per_s": r.mb_per_s}
 
 
+def _run_many(args, parser, verb: str) -> int:
+    """--scheduler: files, folders and globs through compress_many / decompress_many (-o: a folder)."""
+    from . import distributed
+
+    if verb == "compress":
+        if args.lossy:
+            return _usage(parser, "--lossy is not supported with --scheduler")
+        rep = distributed.compress_many(args.inputs, args.scheduler, codec=args.codec, level=args.level,
+                                        output_dir=args.output, overwrite=args.force, chunk_size=args.chunk_size,
+                                        progress=_progress(args), workers=args.workers, container=args.container)
+    else:
+        rep = distributed.decompress_many(args.inputs, args.scheduler, output_dir=args.output,
+                                          overwrite=args.force, progress=_progress(args), workers=args.workers)
+    if args.json:
+        print(json.dumps(rep.to_json(), indent=2))
+    elif not args.quiet:
+        print(rep.summary())
+    for f in rep.failed:
+        print(f"codec: error: {f.input}: {f.error}", file=sys.stderr)
+    return EXIT_OK if rep.ok else EXIT_DATA
+
+
 def cmd_decompress(args, parser) -> int:
     from .api import decompress_file
 
+    if args.scheduler:
+        return _run_many(args, parser, "decompress")
     if args.output and len(args.inputs) > 1:
         return _usage(parser, "-o/--output needs exactly one input")
     results = []
@@ -209,6 +247,11 @@ def cmd_inspect(args, parser) -> int:
           f"= {100 * info['compressed_size'] / max(info['original_size'], 1):.2f} %")
     if info["metadata"]:
         print(f"metadata: {json.dumps(info['metadata'])[:200]}")
+    if info.get("lossy"):
+        lz = info["lossy"]
+        print(f"LOSSY: {lz.get('scheme')} quantization, group size {lz.get('group_size')}, "
+              f"{lz.get('tensors')} tensors; decompress restores the dequantized file "
+              f"(sha256 {lz['decoded_sha256'][:16]}...), not the original")
     head = f"{'tensor':<40} {'dtype':<8} {'shape':<18} {'codec':<28} {'before':>12} {'after':>12} {'ratio':>7}"
     print(head)
     print("-" * len(head))

@@ -11,7 +11,11 @@ Policy (levels: None = default, "max" = highest compression, an int = zstd level
 - F16, F32, F64 and integer dtypes (I8..I64, U8..U64) -> `bytegroup` (ZipNN layout): exponent
   rotated into one byte for BF16/F32/F64, byte planes, per chunk and plane the best of Huffman, zstd
   (integers only unless level "max") and raw.
-- everything else (BOOL, FP8, unknown) -> `zstd` level 3 (19 at level "max").
+- F8_E4M3, F8_E5M2 -> `fp8`: whole-byte Huffman per chunk, zstd where it wins.
+- GPTQ/AWQ packed int4 tensors (found by `codec.transforms.int4.detect` from names and dtypes in a
+  safetensors header: `qweight`/`qzeros` I32) -> `int4pack`; their `scales` and `g_idx` follow the
+  dtype rules. GGUF files: quantized blocks -> `ggml` (per type), F32/F16 tensors by dtype.
+- everything else (BOOL, unknown) -> `zstd` level 3 (19 at level "max").
 A chunk that does not shrink is stored raw by the container.
 """
 from __future__ import annotations
@@ -20,6 +24,20 @@ from .abc import Codec
 from .registry import get_codec
 
 _BYTEGROUP = {"F16", "F32", "F64", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64"}
+
+
+def _ggml_types():
+    from .transforms.ggml import LAYOUTS
+
+    return LAYOUTS
+
+
+def packed_codecs(tensors, level=None) -> dict[str, Codec]:
+    """Per-tensor codecs for GPTQ/AWQ packed int4 layouts in a safetensors header (see int4.detect)."""
+    from .transforms.int4 import detect
+
+    return {name: get_codec({"id": "int4pack", "zstd_level": 19})
+            for name, role in detect(tensors).items() if role in ("qweight", "qzeros")}
 
 
 def _is_max(level) -> bool:
@@ -32,6 +50,10 @@ def choose_codec(dtype: str, level=None) -> Codec:
         from .entropy.exponent import Exponent
 
         return Exponent(candidates=[0, 1, 2, 3] if _is_max(level) else [0, 1])
+    if dtype in ("F8_E4M3", "F8_E5M2"):
+        return get_codec({"id": "fp8", "format": "e4m3" if dtype == "F8_E4M3" else "e5m2", "zstd_level": 19})
+    if dtype.startswith("GGUF_") and dtype[5:] in _ggml_types():
+        return get_codec({"id": "ggml", "type": dtype[5:], "zstd_level": 19})
     if dtype in _BYTEGROUP:
         zl = 19 if _is_max(level) else (level if isinstance(level, int) else 3)
         return get_codec({"id": "bytegroup", "zstd_level": zl,

@@ -26,6 +26,7 @@ FOOTER_MAGIC = b"NNCSEEK\x00"
 FRAME_ALIGN = 64                             # frames start on 64-byte boundaries (zero padding)
 MAX_MANIFEST = 256 << 20
 ROLES = ("header", "tensor", "bytes")
+CONTAINERS = ("safetensors", "bytes", "gguf")
 
 
 @dataclass
@@ -92,7 +93,7 @@ class NncWriter:
         self.entries.append(entry)
 
     def finish(self, container: str, original_size: int, original_sha256: str,
-               metadata: dict | None, library: str) -> int:
+               metadata: dict | None, library: str, extra: dict | None = None) -> int:
         manifest = {
             "format": list(VERSION),
             "library": library,
@@ -102,6 +103,8 @@ class NncWriter:
             "metadata": metadata,
             "entries": [{k: v for k, v in e.__dict__.items() if v is not None} for e in self.entries],
         }
+        if extra:
+            manifest.update(extra)
         blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
         off = self.fh.tell()
         self.fh.write(blob)
@@ -202,12 +205,17 @@ def _validate_manifest(man, limit: int, where: str) -> list[Entry]:
         raise bad("has no format version")
     if fmt[0] != VERSION[0] or fmt[1] > VERSION[1]:
         raise UnsupportedVersionError(f"{where}: manifest format {fmt[0]}.{fmt[1]} is not supported")
-    if man.get("container") not in ("safetensors", "bytes"):
+    if man.get("container") not in CONTAINERS:
         raise bad(f"names an unknown container {man.get('container')!r:.50}")
     size = man.get("original_size")
     sha = man.get("original_sha256")
     if not isinstance(size, int) or size < 0 or not isinstance(sha, str) or len(sha) != 64:
         raise bad("lacks the original size or sha256")
+    lossy = man.get("lossy")
+    if lossy is not None:
+        dsha = lossy.get("decoded_sha256") if isinstance(lossy, dict) else None
+        if not (isinstance(dsha, str) and len(dsha) == 64 and all(c in "0123456789abcdef" for c in dsha)):
+            raise bad("marks the file lossy but records no valid decoded_sha256")
     md = man.get("metadata")
     if md is not None and not (isinstance(md, dict) and all(isinstance(v, str) for v in md.values())):
         raise bad("metadata must map strings to strings")
