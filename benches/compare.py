@@ -53,9 +53,10 @@ def run_codec(tensors, threads, repeat, level=None):
             frames = []
             for dt, b in tensors:
                 c = choose_codec(dt, level).fit(ArraySource(b), dt)
-                chunk = max(c.chunk_alignment(), CHUNK - CHUNK % c.chunk_alignment())
+                want = getattr(c, "default_chunk_size", CHUNK)   # what the container would use
+                chunk = max(c.chunk_alignment(), want - want % c.chunk_alignment())
                 pieces = [b[o:o + chunk] for o in range(0, b.size, chunk)]
-                encs = list(ex.map(c.encode, pieces))
+                encs = list(ex.map(getattr(c, "encode_buffer", c.encode), pieces))
                 encs = [e if len(e) < p.size else None for e, p in zip(encs, pieces)]  # raw fallback
                 frames.append((c, pieces, encs))
             return frames
@@ -90,6 +91,24 @@ def run_codec(tensors, threads, repeat, level=None):
     kinds = sorted({c.describe().split("(")[0] + (f"(k={c.mantissa_bits})" if hasattr(c, "mantissa_bits") else "")
                     for c, _, _ in frames})
     return size / total, tc, td, ",".join(kinds)
+
+
+def run_container(tensors, threads, repeat):
+    """(ratio, compress s, decompress s) end to end through frames: codec.compress / Frame.decode
+    per tensor (workers=threads within a tensor; tensors one after another, as decompress_file)."""
+    import codec
+    from codec.dtypes import lookup
+    from codec.formats.frame import parse_frame
+
+    total = sum(b.size for _, b in tensors)
+    uint = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+    typed = [(dt, b.view(uint[lookup(dt).itemsize])) for dt, b in tensors]
+    tc, frames = best_time(lambda: [codec.compress(b, dtype=dt, workers=threads) for dt, b in typed], repeat)
+    td, outs = best_time(lambda: [parse_frame(f).decode(workers=threads) for f in frames], repeat)
+    for (dt, b), o in zip(tensors, outs):
+        if not np.array_equal(b, o):
+            raise SystemExit("codec container round trip failed")
+    return sum(len(f) for f in frames) / total, tc, td
 
 
 def run_zipnn(groups, threads, repeat):
@@ -263,6 +282,11 @@ def main(argv=None):
                     add(label, nm, th, r, tc, td, total, kinds)
                 except Exception as exc:  # report, keep going
                     add(label, nm, th, None, note=f"failed: {exc}")
+            try:
+                r, tc, td = run_container(tensors, th, args.repeat)
+                add(label, "codec container (frames)", th, r, tc, td, total, "per tensor, workers=threads")
+            except Exception as exc:
+                add(label, "codec container (frames)", th, None, note=f"failed: {exc}")
             for nm, fn in (("zipnn", lambda: run_zipnn(groups, th, args.repeat)),
                            ("z4ai", lambda: run_z4ai(groups, th, args.repeat)),
                            ("lmzip", lambda: run_lmzip(path, th, args.repeat)),

@@ -25,6 +25,16 @@ def canonical_code_table(lengths) -> dict[tuple[int, int], int]:
     return table
 
 
+def check_segments(offsets, nbits: int, n: int, lengths, syms, nseg: int = 4) -> None:
+    """The segment table (bit offsets of the codes of symbols j*n//nseg, j = 1..nseg-1) must
+    match the decoded stream: the code of symbol i starts at the sum of the earlier code lengths."""
+    starts = np.concatenate([[0], np.cumsum(np.asarray(lengths, np.int64)[np.asarray(syms, np.int64)])])
+    for j in range(1, nseg):
+        if int(offsets[j - 1]) != int(starts[(j * n) // nseg]):
+            raise FormatError(f"segment {j} offset {int(offsets[j - 1])} is not the start of symbol "
+                              f"{(j * n) // nseg} (bit {int(starts[(j * n) // nseg])})")
+
+
 def huffman_decode(stream: bytes | np.ndarray, nbits: int, n: int, lengths) -> np.ndarray:
     """Decode n symbols bit by bit from an MSB-first canonical Huffman stream of nbits bits."""
     bits = np.unpackbits(np.frombuffer(bytes(stream), np.uint8), bitorder="big")
@@ -73,9 +83,10 @@ def exponent_decode(payload: bytes, config: dict, n_bytes: int) -> np.ndarray:
     E = 8 * ((nbits + 63) // 64) + 8
     w = 8 - k
     R = (n * w + 7) // 8
-    if len(payload) != 8 + E + R:
+    if len(payload) != 8 + E + R + 12:
         raise FormatError("payload size mismatch")
     syms = huffman_decode(payload[8:8 + E], nbits, n, lengths)
+    check_segments(struct.unpack_from("<3I", payload, 8 + E + R), nbits, n, lengths, syms)
     rem = read_bits_msb(payload[8 + E:], w, n)
     sh = 7 - k
     v = ((rem >> sh) << 15) | (syms << sh) | (rem & ((1 << sh) - 1))
@@ -90,7 +101,13 @@ def huffman_block_decode(body: bytes, n: int) -> np.ndarray:
     ls = np.stack([nib >> 4, nib & 15], axis=1).reshape(-1)[:k]
     lengths = np.zeros(256, np.int64)
     lengths[used] = ls
-    return huffman_decode(body[36 + (k + 1) // 2:], nbits, n, lengths).astype(np.uint8)
+    t = 36 + (k + 1) // 2
+    stream = body[t + 12:]
+    if len(stream) != (nbits + 7) // 8:
+        raise FormatError("block size mismatch")
+    syms = huffman_decode(stream, nbits, n, lengths)
+    check_segments(struct.unpack_from("<3I", body, t), nbits, n, lengths, syms)
+    return syms.astype(np.uint8)
 
 
 def bytegroup_decode(payload: bytes, config: dict, n_bytes: int) -> np.ndarray:

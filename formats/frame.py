@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -80,6 +81,7 @@ class Frame:
     config: dict
     sections: dict[int, Section] = field(default_factory=dict)
     _index: np.ndarray | None = None
+    _cols: tuple | None = None
 
     # -- fields of the config ---------------------------------------------------------
     @property
@@ -118,34 +120,45 @@ class Frame:
     def chunk_decoded_size(self, i: int) -> int:
         return min(self.chunk_size, self.decoded_size - i * self.chunk_size)
 
+    def _columns(self):
+        """(offsets, sizes, checksums, modes) of the chunk index as Python lists (cached)."""
+        cols = self._cols
+        if cols is None:
+            idx = self.index
+            cols = self._cols = (idx["offset"].tolist(), idx["size"].tolist(), idx["checksum"].tolist(),
+                                 idx["mode"].tolist())
+        return cols
+
     def encoded_chunk(self, i: int) -> memoryview:
-        ent = self.index[i]
-        payload = self.sections[SEC_PAYLOAD]
-        start = self.base + payload.offset + int(ent["offset"])
-        return self.buf[start:start + int(ent["size"])]
+        offs, sizes, _, _ = self._columns()
+        start = self.base + self.sections[SEC_PAYLOAD].offset + offs[i]
+        return self.buf[start:start + sizes[i]]
 
     # -- decoding ----------------------------------------------------------------------
     def decode_chunk(self, i: int, out: np.ndarray, codec=None) -> np.ndarray:
         """Decode chunk i into `out` (uint8, its decoded size) and verify its checksum."""
-        ent = self.index[i]
-        enc = self.encoded_chunk(i)
-        where = f"{self.where}, chunk {i} (payload byte {int(ent['offset'])})"
-        if int(ent["mode"]) == MODE_RAW:
+        offs, sizes, csums, modes = self._columns()
+        start = self.base + self.sections[SEC_PAYLOAD].offset + offs[i]
+        enc = self.buf[start:start + sizes[i]]
+        if modes[i] == MODE_RAW:
             if len(enc) != out.size:
-                raise FormatError(f"{where}: raw chunk holds {len(enc)} bytes, expected {out.size}")
+                raise FormatError(f"{self._chunk_where(i)}: raw chunk holds {len(enc)} bytes, expected {out.size}")
             out[:] = np.frombuffer(enc, dtype=np.uint8)
         else:
             try:
                 (codec or self.codec).decode(enc, out)
             except FormatError as exc:
-                raise type(exc)(f"{where}: {exc}") from None
+                raise type(exc)(f"{self._chunk_where(i)}: {exc}") from None
             except (ValueError, IndexError, OverflowError, MemoryError) as exc:
-                raise FormatError(f"{where}: undecodable ({type(exc).__name__}: {exc})") from None
+                raise FormatError(f"{self._chunk_where(i)}: undecodable ({type(exc).__name__}: {exc})") from None
         got = xxh64(out)
-        if got != int(ent["checksum"]):
-            raise ChecksumError(f"{where}: checksum of decoded bytes is {got:016x}, "
-                                f"expected {int(ent['checksum']):016x}")
+        if got != csums[i]:
+            raise ChecksumError(f"{self._chunk_where(i)}: checksum of decoded bytes is {got:016x}, "
+                                f"expected {csums[i]:016x}")
         return out
+
+    def _chunk_where(self, i: int) -> str:
+        return f"{self.where}, chunk {i} (payload byte {self._columns()[0][i]})"
 
     def verify_section(self, sec_type: int, piece: int = 16 << 20) -> None:
         """Check a section's checksum reading it a piece at a time (payloads can be huge)."""
@@ -188,18 +201,40 @@ class Frame:
         return out
 
 
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+_in_pool = threading.local()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool per worker count: frames are often small, and starting threads for
+    each one costs more than decoding it."""
+    pool = _pools.get(workers)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.get(workers)
+            if pool is None:
+                pool = _pools[workers] = ThreadPoolExecutor(
+                    max_workers=workers, thread_name_prefix=f"codec-frame{workers}",
+                    initializer=setattr, initargs=(_in_pool, "active", True))
+    return pool
+
+
 def _ordered_map(fn: Callable, items, workers: int) -> Iterator:
     """map() over a thread pool with bounded look-ahead, results in order."""
     items = list(items)
-    if workers <= 1 or len(items) <= 1:
+    # inline when there is nothing to overlap, or when called from one of the pool's own threads
+    # (waiting there on tasks queued behind us could deadlock)
+    if workers <= 1 or len(items) <= 1 or getattr(_in_pool, "active", False):
         for it in items:
             yield fn(it)
         return
     from collections import deque
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-        it = iter(items)
+    pool = _pool(workers)
+    pending: deque = deque()
+    it = iter(items)
+    try:
         for x in it:
             pending.append(pool.submit(fn, x))
             if len(pending) >= 2 * workers:
@@ -209,12 +244,18 @@ def _ordered_map(fn: Callable, items, workers: int) -> Iterator:
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(fn, nxt))
-            try:
-                yield fut.result()
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                raise
+            yield fut.result()
+    finally:
+        # on an error or an abandoned generator: drop what has not started, wait for the rest
+        # (they may write into buffers the caller is about to release)
+        for f in pending:
+            f.cancel()
+        for f in pending:
+            if not f.cancelled():
+                try:
+                    f.result()
+                except BaseException:
+                    pass
 
 
 # --------------------------------------------------------------------------------------
@@ -302,6 +343,21 @@ def _parse_index(frame: Frame) -> np.ndarray:
                           f"{frame.chunk_count} x {INDEX_DTYPE.itemsize}")
     idx = np.frombuffer(raw, INDEX_DTYPE)
     payload_len = frame.sections[SEC_PAYLOAD].length
+    if frame.chunk_count <= 16:   # same checks without numpy's per-call overhead
+        pos = 0
+        last = frame.decoded_size - (frame.chunk_count - 1) * frame.chunk_size
+        for i in range(frame.chunk_count):
+            off, size, mode = struct.unpack_from("<QQ8xB", raw, i * INDEX_DTYPE.itemsize)
+            dec = frame.chunk_size if i < frame.chunk_count - 1 else last
+            reserved = bytes(raw[i * INDEX_DTYPE.itemsize + 25:(i + 1) * INDEX_DTYPE.itemsize])
+            if (off != pos or size > dec or mode > MODE_RAW or any(reserved)
+                    or (mode == MODE_RAW and size != dec)):
+                raise FormatError(f"{frame.where}: chunk {i} index entry is invalid (offset {off}, "
+                                  f"size {size}, decoded {dec}, mode {mode})")
+            pos += size
+        if pos != payload_len:
+            raise FormatError(f"{frame.where}: chunks cover {pos} payload bytes, payload holds {payload_len}")
+        return idx
     sizes = idx["size"].astype(np.uint64)
     expected_off = np.concatenate([[0], np.cumsum(sizes, dtype=np.uint64)[:-1]]).astype(np.uint64)
     dec = np.full(frame.chunk_count, frame.chunk_size, np.uint64)
@@ -353,7 +409,7 @@ class FramePlan:
 
 @dataclass
 class EncodedChunk:
-    data: bytes          # what goes into the payload (coded bytes, or the raw bytes)
+    data: bytes          # what goes into the payload (coded bytes, or the raw bytes; any buffer)
     mode: int
     checksum: int        # XXH3-64 of the decoded bytes
     decoded_size: int
@@ -380,7 +436,10 @@ def encode_chunk(plan: FramePlan, source, i: int) -> EncodedChunk:
     """Encode chunk i; a chunk whose coding does not shrink it is stored raw."""
     start, n = plan.chunk_range(i)
     raw = source.read(start, n)
-    enc = plan.codec.encode(raw) if raw.size else b""
+    # a codec may offer encode_buffer: the same bytes as encode, as a uint8 array (saves a copy
+    # into a fresh bytes object, which costs page faults on every chunk)
+    encode = getattr(plan.codec, "encode_buffer", None) or plan.codec.encode
+    enc = encode(raw) if raw.size else b""
     keep = enc if plan.extra_types else None
     if len(enc) >= raw.size:
         return EncodedChunk(raw.tobytes(), MODE_RAW, xxh64(raw), n, None)

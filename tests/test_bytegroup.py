@@ -121,3 +121,21 @@ def test_real_weights_f32():
     for f in ts:
         _, t = roundtrip("F32", f, chunk=1 << 18)
         assert t < 0.86 * f.nbytes
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16", "I32", "F64"])
+def test_numba_and_python_paths_agree(dtype):
+    v = sample(dtype, 5003, 2).view(np.uint8)
+    c = ByteGroup().fit(ArraySource(v), dtype)
+    e = c.encode(v)
+    assert bytes(c.encode_buffer(v)) == e
+    a = np.empty_like(v)
+    c.decode(e, a)
+    b = np.empty_like(v)
+    c._decode_py(np.frombuffer(e, np.uint8), np.empty((c.itemsize, v.size // c.itemsize), np.uint8), b, "x")
+    assert np.array_equal(a, v) and np.array_equal(b, v)
+    # every single-byte truncation / header flip fails cleanly on the fast path
+    out = np.empty_like(v)
+    for bad in (e[:-1], e + b"\0", bytes([7]) + e[1:], e[:1] + b"\xff\xff\xff\x7f" + e[5:]):
+        with pytest.raises(FormatError):
+            c.decode(bad, out)

@@ -157,3 +157,64 @@ def test_gpu_sync_index_matches_reference():
     assert Exponent(mantissa_bits=0).extra_sections(encs) == {}
     with pytest.raises(FormatError):
         parse_gpu_sync(sec[:-1])
+
+
+# --- segment table (4 interleaved segments of the exponent stream) -----------------------------
+def _trailer(e):
+    return np.frombuffer(bytes(e[-12:]), "<u4").astype(np.int64)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 33, 1000, 4097])
+def test_segment_table_matches_code_starts(n):
+    v = weights(n, n)
+    c = Exponent(mantissa_bits=n % 2).fit(ArraySource(v.view(np.uint8)), "BF16")
+    e = c.encode(v.view(np.uint8))
+    nbits = int(np.frombuffer(e[4:8], "<u4")[0])
+    starts = np.concatenate([[0], np.cumsum(c.lengths.astype(np.int64)[(v.astype(np.int64) >> (7 - c.mantissa_bits))
+                                                                        & ((1 << (8 + c.mantissa_bits)) - 1)])])
+    assert list(_trailer(e)) == [int(starts[(j * n) // 4]) for j in (1, 2, 3)]
+    assert starts[-1] == nbits
+    out = np.empty(2 * n, np.uint8)
+    c.decode(e, out)
+    assert np.array_equal(out, v.view(np.uint8))
+    assert np.array_equal(ref.exponent_decode(e, c.get_config(), 2 * n), v.view(np.uint8))
+
+
+@pytest.mark.parametrize("change", ["dec", "inc", "swap", "past", "huge", "zero"])
+def test_segment_table_corruption_rejected(change):
+    v = weights(5000, 3)
+    c = Exponent(mantissa_bits=1).fit(ArraySource(v.view(np.uint8)), "BF16")
+    e = bytearray(c.encode(v.view(np.uint8)))
+    t = _trailer(e)
+    nbits = int(np.frombuffer(bytes(e[4:8]), "<u4")[0])
+    if change == "dec":
+        t[1] -= 1
+    elif change == "inc":
+        t[0] += 1
+    elif change == "swap":
+        t[0], t[2] = t[2], t[0]
+    elif change == "past":
+        t[2] = nbits + 1
+    elif change == "huge":
+        t[1] = 2**32 - 1
+    else:
+        t[:] = 0
+    e[-12:] = t.astype("<u4").tobytes()
+    out = np.empty(v.size * 2, np.uint8)
+    with pytest.raises(FormatError):
+        c.decode(bytes(e), out)
+    with pytest.raises(FormatError):
+        ref.exponent_decode(bytes(e), c.get_config(), v.size * 2)
+
+
+def test_payload_size_includes_segment_table():
+    v = weights(999, 1)
+    c = Exponent(mantissa_bits=0).fit(ArraySource(v.view(np.uint8)), "BF16")
+    e = c.encode(v.view(np.uint8))
+    n, nbits = np.frombuffer(e[:8], "<u4")
+    assert len(e) == 8 + (8 * ((int(nbits) + 63) // 64) + 8) + int(n) + 12
+    out = np.empty(v.size * 2, np.uint8)
+    for bad in (e[:-1], e + b"\0"):
+        with pytest.raises(FormatError):
+            c.decode(bad, out)
+    assert isinstance(e, bytes) and bytes(c.encode_buffer(v.view(np.uint8))) == e

@@ -133,3 +133,56 @@ def test_incomplete_code_detects_bad_pattern():
     lengths[3] = 1  # single symbol: code "0"; "1" is invalid
     with pytest.raises(FormatError):
         H.decode(np.array([0xFF, 0, 0, 0], np.uint8), 8, 8, lengths, 15)
+
+
+# --- interleaved segments, table sizes, block segment table ------------------------------------
+@pytest.mark.parametrize("nseg", [1, 2, 3, 4, 5, 8, 9])
+def test_decode_segments_any_count(nseg):
+    rng = np.random.default_rng(nseg)
+    data = rng.choice(np.arange(40, dtype=np.uint16), 5003, p=np.r_[[0.4, 0.2], np.full(38, 0.4 / 38)])
+    lengths = H.code_lengths(np.bincount(data, minlength=600), 20)
+    bits, nbits = H.encode(data, lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths.astype(np.int64)[data])])
+    seg_out = np.array([(j * data.size) // nseg for j in range(nseg + 1)], np.int64)
+    seg_bits = starts[seg_out]
+    dec = H.get_decoder(lengths, 20)
+    out = np.empty(data.size, np.uint16)
+    dec.decode_segments(bits, seg_bits, seg_out, out)
+    assert np.array_equal(out, data)
+    if nseg > 1:
+        for bad in (seg_bits + np.r_[0, np.ones(nseg - 1, np.int64), 0],      # off by one bit
+                    seg_bits[::-1].copy(),                                    # decreasing
+                    np.r_[seg_bits[:-1], seg_bits[-1] + 8 * bits.size]):      # past the stream
+            with pytest.raises(FormatError):
+                dec.decode_segments(bits, bad.astype(np.int64), seg_out, np.empty(data.size, np.uint16))
+
+
+@pytest.mark.parametrize("lut_bits", [8, 9, 10, 11, 12])
+def test_table_sizes_agree(lut_bits):
+    rng = np.random.default_rng(lut_bits)
+    data = (rng.pareto(1.0, 20000) * 3).astype(np.int64).clip(0, 255).astype(np.uint8)  # long codes too
+    lengths = H.code_lengths(np.bincount(data, minlength=256), 15)
+    bits, nbits = H.encode(data, lengths)
+    out = H.Decoder(lengths, 15, lut_bits).decode(bits, nbits, data.size)
+    assert np.array_equal(out, data)
+
+
+def test_block_segment_table_corruption():
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 40, 3000).astype(np.uint8)
+    blk = bytearray(H.encode_block(data))
+    k = int(np.count_nonzero(np.bincount(data, minlength=256)))
+    t = 4 + 32 + (k + 1) // 2
+    for j in range(3):
+        bad = bytearray(blk)
+        off = int(np.frombuffer(bytes(bad[t + 4 * j:t + 4 * j + 4]), "<u4")[0])
+        bad[t + 4 * j:t + 4 * j + 4] = np.uint32(off + 1).tobytes()
+        out = np.empty(data.size, np.uint8)
+        with pytest.raises(FormatError):
+            H.decode_block(np.frombuffer(bytes(bad), np.uint8), out)
+        assert H._decode_block_nb(np.frombuffer(bytes(bad), np.uint8), out) != H.BLK_OK
+        with pytest.raises(FormatError):
+            ref.huffman_block_decode(bytes(bad), data.size)
+    out = np.empty(data.size, np.uint8)
+    assert H._decode_block_nb(np.frombuffer(bytes(blk), np.uint8), out) == H.BLK_OK
+    assert np.array_equal(out, data)

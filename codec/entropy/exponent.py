@@ -20,8 +20,14 @@ Chunk payload (a chunk is a run of whole BF16 values, little-endian; n = decoded
                   a reader may load any 8-byte window of the stream plus 8 bytes past it
     offset 8 + E  remainder stream, R = ceil(n * w / 8) bytes: the n w-bit remainders MSB-first,
                   value i at bits [i*w, i*w + w); the last byte padded with zero bits
-The payload is exactly 8 + E + R bytes; anything else is a FormatError. For k = 0 the remainder
-stream is DFloat11's sign+mantissa byte per value.
+    offset 8+E+R  segment table, 3 x u32 LE: for j = 1, 2, 3 the bit offset (within the exponent
+                  stream) at which the code of value (j * n) // 4 starts. CPU decoders split the
+                  stream there into 4 independent segments and decode them interleaved (huff0
+                  style); a decoder must reject offsets that decrease, exceed exp_bits, or do not
+                  end a segment exactly where the next begins. The GPU kernel ignores the table.
+The payload is exactly 8 + E + R + 12 bytes; anything else is a FormatError. For k = 0 the
+remainder stream is DFloat11's sign+mantissa byte per value. (The exponent stream and the
+remainder stream sit at the same offsets as without the table, so rem_offset = 8 + E.)
 
 GPU sync section (type 4, GPU_SYNC), only when the codec is configured with `gpu_sync=True`
 (it costs about 1/BYTES_PER_THREAD of the exponent stream). Little-endian throughout:
@@ -67,6 +73,8 @@ from ..stats import StreamStat, entropy_bits_of_counts
 from . import huffman
 
 HEADER = 8
+NSEG = 4            # segments of the exponent stream that CPU decoders decode interleaved
+TRAILER = 4 * (NSEG - 1)
 GPU_SYNC_SECTION = 4
 DEFAULT_BPT = 8
 DEFAULT_TPB = 256
@@ -89,54 +97,32 @@ def _hist15(v, hist):
         hist[v[i] & 0x7FFF] += 1
 
 
-@nb.njit(nogil=True, cache=True)
-def _split(b, k, syms, rem):
-    """Bytes of n BF16 values -> symbols (uint16) and the MSB-first packed w-bit remainders."""
-    n = syms.shape[0]
-    w = 8 - k
-    sh = 7 - k
-    smask = (1 << (8 + k)) - 1
-    lmask = (1 << sh) - 1
-    if w == 8:
-        for i in range(n):
-            v = np.int64(b[2 * i]) | (np.int64(b[2 * i + 1]) << 8)
-            syms[i] = (v >> 7) & 255
-            rem[i] = ((v >> 15) << 7) | (v & 127)
-        return
-    acc = np.uint64(0)
-    nacc = 0
-    p = 0
-    for i in range(n):
-        v = np.int64(b[2 * i]) | (np.int64(b[2 * i + 1]) << 8)
-        syms[i] = (v >> sh) & smask
-        r = ((v >> 15) << sh) | (v & lmask)
-        acc = (acc << np.uint64(w)) | np.uint64(r)
-        nacc += w
-        if nacc >= 8:
-            nacc -= 8
-            rem[p] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(255))
-            p += 1
-    if nacc > 0:
-        rem[p] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(255))
-
 def _make_groups(W):
     SH = W - 1
-    LMASK = (1 << SH) - 1
-    WMASK = np.uint64((1 << W) - 1)
+    LMASK = np.uint16((1 << SH) - 1)
+    SBIT = np.uint16(1 << SH)
+    FMASK = np.uint64((1 << W) - 1)
+    BLOCK = 512       # groups per round: expand their fields into a small byte buffer, then merge
 
     @nb.njit(nogil=True, cache=True)
-    def groups(syms, rem, out, ngroups):
-        # 8 values take exactly W bytes: one big-endian word, 8 fields
-        for g in range(ngroups):
-            q = np.uint64(0)
-            base = g * W
-            for t in range(W):
-                q = (q << np.uint64(8)) | np.uint64(rem[base + t])
-            for j in range(8):
-                r = np.int64((q >> np.uint64(W * (7 - j))) & WMASK)
-                v = ((r >> SH) << 15) | (np.int64(syms[8 * g + j]) << SH) | (r & LMASK)
-                out[16 * g + 2 * j] = np.uint8(v & 255)
-                out[16 * g + 2 * j + 1] = np.uint8(v >> 8)
+    def groups(v16, buf, roff, ngroups):
+        # 8 values take exactly W bytes: one big-endian W-byte word, 8 fields. Groups whose
+        # 8-byte load stays inside buf use one unaligned load; the caller does the rest.
+        nfast = min(ngroups, (buf.shape[0] - roff - 8) // W + 1) if buf.shape[0] - roff >= 8 else 0
+        tmp = np.empty(8 * BLOCK, np.uint8)
+        for g0 in range(0, nfast, BLOCK):
+            g1 = min(nfast, g0 + BLOCK)
+            t = 0
+            for g in range(g0, g1):     # pass 1: fields -> bytes
+                q = huffman._load_be64(buf, roff + g * W) >> np.uint64(64 - 8 * W)
+                for j in range(8):
+                    tmp[t + j] = np.uint8((q >> np.uint64(W * (7 - j))) & FMASK)
+                t += 8
+            vv = v16[8 * g0:8 * g1]
+            for i in range(vv.shape[0]):   # pass 2: the byte-remainder merge (vectorizes)
+                r = np.uint16(tmp[i])
+                vv[i] = ((r & SBIT) << np.uint16(15 - SH)) | (vv[i] << np.uint16(SH)) | (r & LMASK)
+        return nfast
     return groups
 
 
@@ -146,36 +132,146 @@ _groups5 = _make_groups(5)
 
 
 @nb.njit(nogil=True, cache=True)
-def _merge(syms, rem, k, out):
-    """Symbols + remainders -> little-endian BF16 bytes in out."""
-    n = syms.shape[0]
+def _merge16(v16, buf, roff, R, k):
+    """In place: v16 holds the symbols; OR in the remainders (buf[roff:roff+R]) to give BF16 values."""
+    rem = buf[roff:roff + R]
+    n = v16.shape[0]
     w = 8 - k
     sh = 7 - k
     lmask = (1 << sh) - 1
     if w == 8:
         for i in range(n):
-            r = np.int64(rem[i])
-            v = ((r >> 7) << 15) | (np.int64(syms[i]) << 7) | (r & 127)
-            out[2 * i] = np.uint8(v & 255)
-            out[2 * i + 1] = np.uint8(v >> 8)
+            r = np.uint16(rem[i])
+            v16[i] = ((r & np.uint16(128)) << np.uint16(8)) | (v16[i] << np.uint16(7)) | (r & np.uint16(127))
         return
     ngroups = n // 8
     if w == 7:
-        _groups7(syms, rem, out, ngroups)
+        done = _groups7(v16, buf, roff, ngroups)
     elif w == 6:
-        _groups6(syms, rem, out, ngroups)
+        done = _groups6(v16, buf, roff, ngroups)
     else:
-        _groups5(syms, rem, out, ngroups)
-    for i in range(8 * ngroups, n):
+        done = _groups5(v16, buf, roff, ngroups)
+    for i in range(8 * done, n):
         bit = i * w
         byte = bit >> 3
         two = np.int64(rem[byte]) << 8
         if byte + 1 < rem.shape[0]:
             two |= np.int64(rem[byte + 1])
         r = (two >> (16 - w - (bit & 7))) & ((1 << w) - 1)
-        v = ((r >> sh) << 15) | (np.int64(syms[i]) << sh) | (r & lmask)
-        out[2 * i] = np.uint8(v & 255)
-        out[2 * i + 1] = np.uint8(v >> 8)
+        v16[i] = np.uint16(((r >> sh) << 15) | (np.int64(v16[i]) << sh) | (r & lmask))
+
+
+@nb.njit(nogil=True, cache=True)
+def _encode_chunk(b, k, lengths, codes, out_status):
+    """Whole chunk payload (see the layout above) of the n = b.size // 2 BF16 values in bytes b.
+
+    out_status[0] = 0, or 1 + i when value i has a symbol without a code (the payload is then
+    empty). Two passes over the input: bit count and segment offsets, then the streams.
+    """
+    n = b.shape[0] // 2
+    sh = 7 - k
+    w = 8 - k
+    smask = (1 << (8 + k)) - 1
+    lmask = (1 << sh) - 1
+    nsym = lengths.shape[0]
+    seg = np.empty(NSEG + 1, np.int64)
+    total = np.int64(0)
+    i = 0
+    for j in range(NSEG):
+        seg[j] = total
+        stop = ((j + 1) * n) // NSEG
+        while i < stop:
+            v = np.int64(b[2 * i]) | (np.int64(b[2 * i + 1]) << 8)
+            s = (v >> sh) & smask
+            ln = lengths[s] if s < nsym else 0
+            if ln == 0:
+                out_status[0] = 1 + i
+                return np.zeros(0, np.uint8)
+            total += ln
+            i += 1
+    seg[NSEG] = total
+    E = 8 * ((total + 63) // 64) + 8
+    R = (n * w + 7) // 8
+    out = np.zeros(HEADER + E + R + TRAILER, np.uint8)
+    for t in range(4):
+        out[t] = (n >> (8 * t)) & 255
+        out[4 + t] = (total >> (8 * t)) & 255
+    # exponent stream: a 64-bit accumulator flushed after every code (unaligned 8-byte stores
+    # that never pass the stream's 8 padding bytes; codes are <= 32 bits)
+    acc = np.uint64(0)
+    nacc = np.int64(0)
+    p = np.int64(HEADER)
+    for i in range(n):
+        v = np.int64(b[2 * i]) | (np.int64(b[2 * i + 1]) << 8)
+        s = (v >> sh) & smask
+        ln = np.int64(lengths[s])
+        acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
+        nacc += ln
+        huffman._store_be64(out, p, acc << np.uint64(64 - nacc))
+        p += nacc >> 3
+        nacc &= 7
+    roff = HEADER + E
+    if w == 8:
+        for i in range(n):
+            v = np.int64(b[2 * i]) | (np.int64(b[2 * i + 1]) << 8)
+            out[roff + i] = ((v >> 8) & 128) | (v & 127)
+    else:
+        ng = n // 8
+        for g in range(ng):
+            q = np.uint64(0)
+            for j in range(8):
+                v = np.int64(b[16 * g + 2 * j]) | (np.int64(b[16 * g + 2 * j + 1]) << 8)
+                q = (q << np.uint64(w)) | np.uint64(((v >> 15) << sh) | (v & lmask))
+            # 8 * w bits, left-aligned; the 8-byte store's spare bytes land in later groups or
+            # the trailer, both written afterwards
+            huffman._store_be64(out, roff + g * w, q << np.uint64(64 - 8 * w))
+        acc = np.uint64(0)
+        nacc = np.int64(0)
+        p = roff + ng * w
+        for i in range(8 * ng, n):
+            v = np.int64(b[2 * i]) | (np.int64(b[2 * i + 1]) << 8)
+            acc = (acc << np.uint64(w)) | np.uint64(((v >> 15) << sh) | (v & lmask))
+            nacc += w
+            if nacc >= 8:
+                nacc -= 8
+                out[p] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(255))
+                p += 1
+        if nacc > 0:
+            out[p] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(255))
+        for t in range(roff + R, roff + R + 8):   # undo the spare bytes of the last group store
+            if t < out.shape[0]:
+                out[t] = 0
+    tr = roff + R
+    for j in range(1, NSEG):
+        for t in range(4):
+            out[tr + 4 * (j - 1) + t] = (seg[j] >> (8 * t)) & 255
+    out_status[0] = 0
+    return out
+
+
+@nb.njit(nogil=True, cache=True)
+def _decode_chunk(buf, n, nbits, E, R, k, v16, lut_sym, lut_info, sorted_syms, first_code, first_index,
+                  len_count, max_len):
+    """Decode a chunk payload (sizes checked by the caller) into the uint16 values v16."""
+    seg_bits = np.empty(NSEG + 1, np.int64)
+    seg_out = np.empty(NSEG + 1, np.int64)
+    t = HEADER + E + R
+    for j in range(NSEG + 1):
+        seg_out[j] = (j * n) // NSEG
+    seg_bits[0] = 0
+    seg_bits[NSEG] = nbits
+    for j in range(1, NSEG):
+        q = t + 4 * (j - 1)
+        seg_bits[j] = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16) \
+            | (np.int64(buf[q + 3]) << 24)
+        if seg_bits[j] > nbits:
+            return huffman.ERR_SEGMENTS
+    st = huffman._decode_segments(buf[HEADER:HEADER + E], seg_bits, seg_out, v16, lut_sym, lut_info,
+                                  sorted_syms, first_code, first_index, len_count, max_len)
+    if st != huffman.OK:
+        return st
+    _merge16(v16, buf, HEADER + E, R, k)
+    return huffman.OK
 
 
 @nb.njit(nogil=True, cache=True)
@@ -214,13 +310,13 @@ def _code_starts_sync(syms, lengths, exp_bits, bpt, tpb, gaps_out, block_first_w
 # ---------------------------------------------------------------------------------------------
 def _dense_lengths(pairs, k: int, max_len: int) -> np.ndarray:
     size = 256 << k
-    lengths = np.zeros(size, np.uint8)
     if not isinstance(pairs, list):
         raise FormatError("exponent codec: code_lengths must be a list of [symbol, length] pairs")
+    lengths = bytearray(size)
     last = -1
     for item in pairs:
-        if (not isinstance(item, (list, tuple)) or len(item) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)):
+        if (type(item) is not list and type(item) is not tuple) or len(item) != 2 \
+                or type(item[0]) is not int or type(item[1]) is not int:
             raise FormatError(f"exponent codec: bad code_lengths entry {item!r:.80}")
         s, ln = item
         if not last < s < size:
@@ -229,7 +325,7 @@ def _dense_lengths(pairs, k: int, max_len: int) -> np.ndarray:
             raise FormatError(f"exponent codec: code length {ln} of symbol {s} outside [1, {max_len}]")
         lengths[s] = ln
         last = s
-    return huffman.validate_lengths(lengths, max_len, "exponent codec code table")
+    return huffman.validate_lengths(np.frombuffer(lengths, np.uint8), max_len, "exponent codec code table")
 
 
 @register_codec
@@ -239,6 +335,8 @@ class Exponent(Codec):
                    "(DFloat11 layout, GPU sync index)")
     # worst case: every code max_len bits + padding + header
     max_expansion = 2.6
+    # 512 KiB: enough work per chunk to hide the per-chunk cost, enough chunks for threads
+    default_chunk_size = 1 << 19
 
     def __init__(self, mantissa_bits: int | None = None, max_code_len: int = DEFAULT_MAX_LEN,
                  code_lengths: list | None = None, gpu_sync: bool = False,
@@ -260,11 +358,12 @@ class Exponent(Codec):
         # mantissa_bits values fit() may choose from (not part of the stream config)
         self.candidates = list(candidates) if candidates else [0, 1]
         self.lengths: np.ndarray | None = None
+        self._decoder = None
+        self._codes = None
         if code_lengths is not None:
             if mantissa_bits is None:
                 raise ValueError("code_lengths given without mantissa_bits")
             self.lengths = _dense_lengths(code_lengths, mantissa_bits, max_code_len)
-            self._codes = huffman.canonical_codes(self.lengths)
 
     # -- frame level ---------------------------------------------------------------------
     def fit(self, source, dtype: str) -> "Exponent":
@@ -294,7 +393,6 @@ class Exponent(Codec):
         fitted = Exponent(k, self.max_code_len, None, self.gpu_sync, self.bytes_per_thread,
                           self.threads_per_block)
         fitted.lengths = lengths
-        fitted._codes = huffman.canonical_codes(lengths)
         return fitted
 
     def chunk_alignment(self) -> int:
@@ -333,26 +431,25 @@ class Exponent(Codec):
 
     # -- chunk level ---------------------------------------------------------------------
     def encode(self, chunk: np.ndarray) -> bytes:
+        return self.encode_buffer(chunk).tobytes()
+
+    def encode_buffer(self, chunk: np.ndarray) -> np.ndarray:
+        """`encode` as a uint8 array (no copy into a bytes object; the container writes it)."""
         self._need_table()
         chunk = np.ascontiguousarray(chunk, np.uint8).reshape(-1)
         if chunk.size % 2:
             raise ValueError(f"BF16 chunk of odd size {chunk.size}")
-        k = self.mantissa_bits
-        n = chunk.size // 2
-        syms = np.empty(n, np.uint16)
-        rem = np.empty((n * (8 - k) + 7) // 8, np.uint8)
-        _split(chunk, k, syms, rem)
-        nbits = int(huffman._count_bits(syms, self.lengths))
-        if nbits < 0:
-            i = -1 - nbits
-            raise ValueError(f"value {i} of the chunk has symbol {int(syms[i])}, which has no code "
+        if self._codes is None:
+            self._codes = huffman.canonical_codes(self.lengths)
+        st = np.zeros(1, np.int64)
+        out = _encode_chunk(chunk, self.mantissa_bits, self.lengths, self._codes, st)
+        if st[0]:
+            i = int(st[0]) - 1
+            v = int(chunk[2 * i]) | (int(chunk[2 * i + 1]) << 8)
+            sym = (v >> (7 - self.mantissa_bits)) & ((1 << (8 + self.mantissa_bits)) - 1)
+            raise ValueError(f"value {i} of the chunk has symbol {sym}, which has no code "
                              "in this tensor's table (fit the codec on the data it encodes)")
-        E, R = stream_sizes(n, nbits, k)
-        out = np.zeros(HEADER + E + R, np.uint8)
-        out[:8].view("<u4")[:] = (n, nbits)
-        huffman._encode_into(syms, self.lengths, self._codes, out, HEADER)
-        out[HEADER + E:] = rem
-        return out.tobytes()
+        return out
 
     def _parse(self, buf: np.ndarray, n_expected: int | None, what: str):
         if buf.size < HEADER:
@@ -364,8 +461,9 @@ class Exponent(Codec):
         if nbits > n * self.max_code_len or nbits < n:
             raise FormatError(f"{what}: {nbits} code bits for {n} values is impossible "
                               f"(codes are 1..{self.max_code_len} bits)")
-        if buf.size != HEADER + E + R:
-            raise FormatError(f"{what}: payload is {buf.size} bytes, its header implies {HEADER + E + R}")
+        if buf.size != HEADER + E + R + TRAILER:
+            raise FormatError(f"{what}: payload is {buf.size} bytes, its header implies "
+                              f"{HEADER + E + R + TRAILER}")
         return n, nbits, E, R
 
     def decode(self, encoded, out: np.ndarray) -> np.ndarray:
@@ -375,11 +473,15 @@ class Exponent(Codec):
         if out.size % 2:
             raise FormatError(f"{what}: BF16 output of odd size {out.size}")
         n, nbits, E, R = self._parse(buf, out.size // 2, what)
-        dec = huffman.get_decoder(self.lengths, self.max_code_len)
-        syms = np.empty(n, dec.sym_dtype)
-        if n:
-            dec.decode(buf[HEADER:HEADER + E], nbits, n, syms, f"{what} exponent stream")
-        _merge(syms, buf[HEADER + E:], self.mantissa_bits, out)
+        dec = self._decoder
+        if dec is None:
+            dec = self._decoder = huffman.get_decoder(self.lengths, self.max_code_len)
+        v16 = out.view("<u2") if out.flags.c_contiguous and out.flags.aligned else np.empty(n, np.uint16)
+        st = _decode_chunk(buf, n, nbits, E, R, self.mantissa_bits, v16, *dec.tables(v16))
+        if st != huffman.OK:
+            raise FormatError(f"{what} exponent stream is corrupt: {huffman._STATUS_TEXT.get(st, st)}")
+        if v16.base is None:
+            out[:] = v16.view(np.uint8)
         return out
 
     def streams(self, decoded: np.ndarray, encoded: bytes) -> list[StreamStat]:

@@ -13,11 +13,17 @@ Bitstream (normative; `codec/_reference.py` mirrors it in plain numpy):
   an incomplete code (sum < 1, e.g. one symbol) is allowed, and bit patterns that match no code are
   a decode error.
 
-Decoding is table-driven: a `LUT_BITS`-bit lookup resolves up to 4 whole codes at once (unconditional
-4-symbol stores), 32-bit big-endian refills into a 64-bit buffer, and a canonical slow path for codes
-longer than the lookup. Every refill is bounds-checked, every step consumes at least one bit, and the
-decoder reports an error status instead of reading or writing out of bounds; `decode` raises
-`FormatError`. All kernels are `nogil` so chunks decode in parallel threads.
+Decoding is table-driven: a `LUT_BITS`-bit lookup (8..12 bits per table) resolves up to 4 whole codes
+at once and writes them with one unaligned store; the reader is a bit position, and each lookup does
+one unaligned big-endian 8-byte load (no refill branch). A stream may be split into segments at
+known code boundaries (bit offset + symbol index); `Decoder.decode_segments` then decodes 4 segments
+interleaved (huff0 style), which hides the latency of the lookup chain. The fast loops run a
+precomputed number of lookups for which every load stays inside the stream and every store inside
+the segment's own outputs; the rest is decoded with bounds-checked loads, and every segment must
+end exactly at the next one's first bit. Every step consumes at least one bit and emits at least
+one symbol, so decoding is bounded by the output size. Kernels report an error status instead of
+reading or writing out of bounds; the Python wrappers raise `FormatError`. All kernels are `nogil`
+so chunks decode in parallel threads.
 """
 from __future__ import annotations
 
@@ -25,11 +31,14 @@ import threading
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from ..errors import FormatError
 
 MAX_CODE_LEN = 32
-LUT_BITS = 11
+LUT_BITS = 12
 LUT_SYMS = 4
 
 # decode status codes
@@ -37,11 +46,13 @@ OK = 0
 ERR_EXHAUSTED = 1      # ran past the end of the stream's bytes
 ERR_BAD_CODE = 2       # a bit pattern that matches no code
 ERR_LENGTH = 3         # decoded all symbols but consumed a different number of bits than declared
+ERR_SEGMENTS = 4       # the segment table is inconsistent
 
 _STATUS_TEXT = {
     ERR_EXHAUSTED: "bitstream ends before all symbols are decoded",
     ERR_BAD_CODE: "bit pattern matches no Huffman code",
     ERR_LENGTH: "bit count differs from the declared length",
+    ERR_SEGMENTS: "segment table is inconsistent (offsets decrease or lie past the stream)",
 }
 
 
@@ -181,6 +192,21 @@ def code_lengths(counts, max_len: int = 15) -> np.ndarray:
     return lens.astype(np.uint8)
 
 
+@nb.njit(nogil=True, cache=True)
+def _length_stats(lengths):
+    """(min, max, Kraft sum scaled by 2^MAX_CODE_LEN) of uint8 code lengths (0 = unused)."""
+    lo = np.int64(255)
+    hi = np.int64(0)
+    kraft = np.int64(0)
+    for i in range(lengths.shape[0]):
+        ln = np.int64(lengths[i])
+        lo = min(lo, ln)
+        hi = max(hi, ln)
+        if 0 < ln <= MAX_CODE_LEN:
+            kraft += np.int64(1) << (MAX_CODE_LEN - ln)
+    return lo, hi, kraft
+
+
 def validate_lengths(lengths, max_len: int, what: str = "Huffman table") -> np.ndarray:
     """Check a code-length table (Kraft sum <= 1, lengths <= max_len); return it as uint8."""
     lengths = np.asarray(lengths)
@@ -188,15 +214,18 @@ def validate_lengths(lengths, max_len: int, what: str = "Huffman table") -> np.n
         raise FormatError(f"{what}: expected 1..65536 code lengths, got shape {lengths.shape}")
     if not 1 <= max_len <= MAX_CODE_LEN:
         raise FormatError(f"{what}: max code length {max_len} outside [1, {MAX_CODE_LEN}]")
-    if lengths.min() < 0 or lengths.max() > max_len:
-        raise FormatError(f"{what}: code lengths must lie in [0, {max_len}], got "
-                          f"[{int(lengths.min())}, {int(lengths.max())}]")
-    l64 = lengths.astype(np.int64)
-    kraft = int(np.sum(np.where(l64 > 0, np.left_shift(np.int64(1), (MAX_CODE_LEN - l64).clip(0)), 0)))
+    if lengths.dtype != np.uint8:
+        if lengths.min() < 0 or lengths.max() > max_len:
+            raise FormatError(f"{what}: code lengths must lie in [0, {max_len}], got "
+                              f"[{int(lengths.min())}, {int(lengths.max())}]")
+        lengths = lengths.astype(np.uint8)
+    lo, hi, kraft = _length_stats(np.ascontiguousarray(lengths))
+    if hi > max_len:
+        raise FormatError(f"{what}: code lengths must lie in [0, {max_len}], got [{lo}, {hi}]")
     if kraft > (1 << MAX_CODE_LEN):
         raise FormatError(f"{what}: code lengths do not form a prefix code (Kraft sum "
                           f"{kraft / (1 << MAX_CODE_LEN):.6f} > 1)")
-    return lengths.astype(np.uint8)
+    return lengths
 
 
 @nb.njit(nogil=True, cache=True)
@@ -290,17 +319,73 @@ def encode(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray | None = 
 # ---------------------------------------------------------------------------------------------
 # decoding tables
 # ---------------------------------------------------------------------------------------------
-@nb.njit(nogil=True, cache=True)
-def _build_decoder(lengths, lut_bits, lut_sym, lut_info, sorted_syms, first_code, first_index, len_count):
-    """Fill the multi-symbol lookup table and the canonical slow-path tables.
+# lut_sym[i]: the up to LUT_SYMS symbols whose whole codes the LUT_BITS-bit prefix i resolves, packed
+# as consecutive output elements (16-bit fields; 8-bit fields in lut_sym8 for byte alphabets) so one
+# unaligned store writes all four; lut_info[i] = bits they use | count << 8 | length of the first
+# code alone << 12 (0: the first code is longer than the table's bits or matches nothing: slow
+# path). LUT_BITS is the default table size; Decoder takes 8..12 (the kernels read it from the size).
 
-    lut_info[i] = nbits | (nsym << 8) | (len1 << 12): total bits of the nsym (0..4) whole codes
-    resolved by the lut_bits-bit prefix i, and the length of the first one (0 if the first code
-    is longer than lut_bits or the prefix matches no code).
-    """
+
+@intrinsic
+def _load_be64(typingctx, arr, idx):
+    """Unaligned big-endian 64-bit load of arr[idx:idx + 8] (uint8 array; no bounds check)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8 and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = builder.bitcast(builder.gep(ary.data, [i]), ir.IntType(64).as_pointer())
+        v = builder.load(ptr, align=1)
+        bswap = builder.module.declare_intrinsic("llvm.bswap", [ir.IntType(64)])
+        return builder.call(bswap, [v])
+    return types.uint64(arr, idx), codegen
+
+
+@intrinsic
+def _store_be64(typingctx, arr, idx, val):
+    """Unaligned big-endian 64-bit store of val (uint64) to arr[idx:idx + 8] (uint8; no bounds check)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8 and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i = context.cast(builder, args[1], signature.args[1], types.intp)
+        v = context.cast(builder, args[2], signature.args[2], types.uint64)
+        bswap = builder.module.declare_intrinsic("llvm.bswap", [ir.IntType(64)])
+        ptr = builder.bitcast(builder.gep(ary.data, [i]), ir.IntType(64).as_pointer())
+        builder.store(builder.call(bswap, [v]), ptr, align=1)
+        return context.get_dummy_value()
+    return types.void(arr, idx, val), codegen
+
+
+@intrinsic
+def _store4(typingctx, arr, idx, val):
+    """Unaligned store of the low 4 * itemsize bytes of val (uint64) to arr[idx:idx + 4]."""
+    if not (isinstance(arr, types.Array) and arr.dtype in (types.uint8, types.uint16)
+            and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        i = context.cast(builder, args[1], signature.args[1], types.intp)
+        width = aryty.dtype.bitwidth * 4
+        v = context.cast(builder, args[2], signature.args[2], types.uint64)
+        if width < 64:
+            v = builder.trunc(v, ir.IntType(width))
+        ptr = builder.bitcast(builder.gep(ary.data, [i]), ir.IntType(width).as_pointer())
+        builder.store(v, ptr, align=1)
+        return context.get_dummy_value()
+    return types.void(arr, idx, val), codegen
+
+
+@nb.njit(nogil=True, cache=True)
+def _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
+                   first_index, len_count):
+    """Fill the multi-symbol lookup tables (see above) and the canonical slow-path tables."""
     n = lengths.shape[0]
     codes = _canonical_codes(lengths)
-    # canonical tables
     for ln in range(MAX_CODE_LEN + 1):
         len_count[ln] = 0
     for i in range(n):
@@ -313,13 +398,12 @@ def _build_decoder(lengths, lut_bits, lut_sym, lut_info, sorted_syms, first_code
         first_code[ln] = code
         first_index[ln] = idx
         idx += len_count[ln]
-    k = 0
-    for ln in range(1, MAX_CODE_LEN + 1):
-        for s in range(n):
-            if lengths[s] == ln:
-                sorted_syms[k] = s
-                k += 1
-    # single-symbol table of the first code for each prefix
+    nxt = first_index.copy()      # symbols by (length, value): a counting sort
+    for sym in range(n):
+        ln = lengths[sym]
+        if ln > 0:
+            sorted_syms[nxt[ln]] = sym
+            nxt[ln] += 1
     size = 1 << lut_bits
     one_sym = np.zeros(size, np.int64)
     one_len = np.zeros(size, np.int64)
@@ -334,42 +418,71 @@ def _build_decoder(lengths, lut_bits, lut_sym, lut_info, sorted_syms, first_code
     for i in range(size):
         used = 0
         nsym = 0
-        len1 = one_len[i]
+        e16 = np.uint64(0)
+        e8 = np.uint64(0)
         while nsym < LUT_SYMS:
             rem = lut_bits - used
             if rem <= 0:
                 break
-            # the next code starts at bit `used` of the prefix; look it up with zero fill
-            j = (i << used) & mask
+            j = (i << used) & mask     # the next code starts at bit `used`; zero fill below
             ln = one_len[j]
             if ln == 0 or ln > rem:
                 break
-            lut_sym[i, nsym] = one_sym[j]
+            e16 |= np.uint64(one_sym[j] & 0xFFFF) << np.uint64(16 * nsym)
+            e8 |= np.uint64(one_sym[j] & 0xFF) << np.uint64(8 * nsym)
             used += ln
             nsym += 1
-        for t in range(nsym, LUT_SYMS):
-            lut_sym[i, t] = 0
-        lut_info[i] = np.uint16(used | (nsym << 8) | (len1 << 12)) if len1 < 16 else np.uint16(0)
+        lut_sym[i] = e16
+        lut_sym8[i] = e8
+        lut_info[i] = np.uint16(used | (nsym << 8) | (one_len[i] << 12))
 
 
 class Decoder:
     """Decoding tables for one code-length table (cached per table, thread-safe to share)."""
 
     def __init__(self, lengths: np.ndarray, max_len: int, lut_bits: int = LUT_BITS):
+        if not 8 <= lut_bits <= 12:
+            raise ValueError(f"lut_bits must be in [8, 12], got {lut_bits}")
         self.lengths = validate_lengths(lengths, max_len)
         self.max_len = max_len
         self.lut_bits = lut_bits
         n = self.lengths.size
-        sym_dtype = np.uint8 if n <= 256 else np.uint16
-        self.sym_dtype = sym_dtype
-        self.lut_sym = np.zeros((1 << lut_bits, LUT_SYMS), sym_dtype)
+        self.sym_dtype = np.uint8 if n <= 256 else np.uint16
+        self.lut_sym = np.zeros(1 << lut_bits, np.uint64)
+        self.lut_sym8 = np.zeros(1 << lut_bits, np.uint64)
         self.lut_info = np.zeros(1 << lut_bits, np.uint16)
-        self.sorted_syms = np.zeros(n, sym_dtype)
+        self.sorted_syms = np.zeros(n, np.int64)
         self.first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
         self.first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
         self.len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
-        _build_decoder(self.lengths, lut_bits, self.lut_sym, self.lut_info, self.sorted_syms,
-                       self.first_code, self.first_index, self.len_count)
+        _build_decoder(self.lengths, lut_bits, self.lut_sym, self.lut_sym8, self.lut_info,
+                       self.sorted_syms, self.first_code, self.first_index, self.len_count)
+
+    def tables(self, out: np.ndarray):
+        """The kernel arguments after `out` for decoding into out's dtype (uint8 or uint16)."""
+        if out.dtype == np.uint8:
+            if self.lengths.size > 256:
+                raise ValueError("a uint8 output cannot hold this alphabet")
+            return self.lut_sym8, self.lut_info, self.sorted_syms, self.first_code, self.first_index, \
+                self.len_count, self.max_len
+        if out.dtype != np.uint16:
+            raise ValueError("out must be uint8 or uint16")
+        return self.lut_sym, self.lut_info, self.sorted_syms, self.first_code, self.first_index, \
+            self.len_count, self.max_len
+
+    def decode_segments(self, stream: np.ndarray, seg_bits: np.ndarray, seg_out: np.ndarray,
+                        out: np.ndarray, what: str = "Huffman stream") -> np.ndarray:
+        """Decode S independent segments of one bitstream, interleaved (huff0 style).
+
+        Segment j holds the codes of out[seg_out[j]:seg_out[j+1]] in bits
+        [seg_bits[j], seg_bits[j+1]) of `stream`; both arrays (int64, S+1 entries) must start at 0
+        and be non-decreasing, seg_bits ending at the total bit count and seg_out at out.size
+        (checked: FormatError otherwise).
+        """
+        st = _decode_segments(stream, seg_bits, seg_out, out, *self.tables(out))
+        if st != OK:
+            raise FormatError(f"{what} is corrupt: {_STATUS_TEXT.get(st, st)}")
+        return out
 
     def decode(self, stream: np.ndarray, nbits: int, n: int, out: np.ndarray | None = None,
                what: str = "Huffman stream") -> np.ndarray:
@@ -383,22 +496,19 @@ class Decoder:
             raise ValueError("out has the wrong size")
         if nbits < 0 or nbits > 8 * stream.shape[0]:
             raise FormatError(f"{what}: declares {nbits} bits but holds {8 * stream.shape[0]}")
-        st = _decode(stream, nbits, n, self.lut_bits, self.lut_sym, self.lut_info, self.sorted_syms,
-                     self.first_code, self.first_index, self.len_count, self.max_len, out)
-        if st != OK:
-            raise FormatError(f"{what} is corrupt: {_STATUS_TEXT.get(st, st)}")
-        return out
+        return self.decode_segments(stream, np.array([0, nbits], np.int64), np.array([0, n], np.int64),
+                                    out, what)
 
 
 _cache_lock = threading.Lock()
-_decoder_cache: dict[tuple[bytes, int], Decoder] = {}
+_decoder_cache: dict[tuple[bytes, int, int], Decoder] = {}
 
 
-def get_decoder(lengths: np.ndarray, max_len: int) -> Decoder:
-    key = (np.ascontiguousarray(lengths, dtype=np.uint8).tobytes(), max_len)
+def get_decoder(lengths: np.ndarray, max_len: int, lut_bits: int = LUT_BITS) -> Decoder:
+    key = (np.ascontiguousarray(lengths, dtype=np.uint8).tobytes(), max_len, lut_bits)
     d = _decoder_cache.get(key)
     if d is None:
-        d = Decoder(lengths, max_len)
+        d = Decoder(lengths, max_len, lut_bits)
         with _cache_lock:
             if len(_decoder_cache) > 256:
                 _decoder_cache.clear()
@@ -407,109 +517,228 @@ def get_decoder(lengths: np.ndarray, max_len: int) -> Decoder:
 
 
 # ---------------------------------------------------------------------------------------------
-# decoding kernel
+# decoding kernels
 # ---------------------------------------------------------------------------------------------
+# A reader is a bit position `pos`; each lookup loads the 8 bytes at pos >> 3 (one unaligned
+# big-endian load, no refill branch) and shifts out pos & 7 bits, which leaves >= 57 valid bits:
+# enough for the LUT and for any code (<= 32 bits). The fast loops run a precomputed number of
+# lookups for which every load stays inside the stream (a lookup advances <= 32 bits) and every
+# 4-symbol store stays inside the segment's own outputs (a lookup writes <= 4).
 @nb.njit(nogil=True, cache=True)
-def _slow_symbol(buf, sorted_syms, first_code, first_index, len_count, lut_bits, max_len):
+def _log2(size):
+    b = 0
+    while (1 << b) < size:
+        b += 1
+    return b
+
+
+@nb.njit(nogil=True, cache=True)
+def _slow_symbol(buf, sorted_syms, first_code, first_index, len_count, max_len, lut_bits):
     """Canonical decode of one code longer than the LUT; returns (symbol, length) or (0, 0)."""
     for ln in range(lut_bits + 1, max_len + 1):
         c = np.int64(buf >> np.uint64(64 - ln))
         off = c - first_code[ln]
         if off >= 0 and off < len_count[ln]:
-            return np.int64(sorted_syms[first_index[ln] + off]), np.int64(ln)
+            return sorted_syms[first_index[ln] + off], np.int64(ln)
     return np.int64(0), np.int64(0)
 
 
 @nb.njit(nogil=True, cache=True)
-def _decode(src, nbits, n, lut_bits, lut_sym, lut_info, sorted_syms, first_code, first_index,
-            len_count, max_len, out):
+def _slow_step(src, pos, o, out, sorted_syms, first_code, first_index, len_count, max_len, lut_bits):
+    """One canonical decode at bit pos (the caller guarantees an 8-byte load there is in bounds
+    and out[o] is the segment's); returns (pos, o, status)."""
+    buf = _load_be64(src, pos >> 3) << np.uint64(pos & 7)
+    s, ln = _slow_symbol(buf, sorted_syms, first_code, first_index, len_count, max_len, lut_bits)
+    if ln == 0:
+        return pos, o, ERR_BAD_CODE
+    out[o] = s
+    return pos + ln, o + 1, OK
+
+
+@nb.njit(nogil=True, cache=True)
+def _seg_finish(src, pos0, o0, end, end_bit, out, lut_sym, lut_info, sorted_syms, first_code,
+                first_index, len_count, max_len):
+    """Decode one segment's outputs [o, end) from bit pos0 on; its codes must end at end_bit."""
     nbytes = src.shape[0]
-    buf = np.uint64(0)     # left-aligned bit buffer
-    cnt = np.int64(0)      # valid bits in buf
-    p = np.int64(0)        # next byte to load
-    o = np.int64(0)
-    shift = np.uint64(64 - lut_bits)
-    # fast loop: whole 4-byte refills are in bounds, 4 output slots are free
-    while o + LUT_SYMS <= n and p + 4 <= nbytes:
-        if cnt < 32:
-            w = (np.uint64(src[p]) << np.uint64(24)) | (np.uint64(src[p + 1]) << np.uint64(16)) | \
-                (np.uint64(src[p + 2]) << np.uint64(8)) | np.uint64(src[p + 3])
-            buf |= w << np.uint64(32 - cnt)
-            cnt += 32
-            p += 4
-        idx = np.int64(buf >> shift)
-        info = np.int64(lut_info[idx])
-        nsym = (info >> 8) & 15
-        if nsym > 0:
-            nb_ = info & 255
-            out[o] = lut_sym[idx, 0]
-            out[o + 1] = lut_sym[idx, 1]
-            out[o + 2] = lut_sym[idx, 2]
-            out[o + 3] = lut_sym[idx, 3]
-            o += nsym
-            buf <<= np.uint64(nb_)
-            cnt -= nb_
+    lut_bits = _log2(lut_info.shape[0])
+    lut_shift = np.uint64(64 - lut_bits)
+    lim = 8 * (nbytes - 8)       # a full 8-byte load at pos >> 3 needs pos <= lim
+    while True:
+        safe = min((end - o0) >> 2, (lim - pos0) >> 5)
+        if safe <= 0:
+            break
+        slow = -1
+        for _ in range(safe):
+            q = pos0 >> 3
+            buf = _load_be64(src, q) << np.uint64(pos0 & 7)
+            idx = buf >> lut_shift
+            info = np.int64(lut_info[idx])
+            nsym = (info >> 8) & 15
+            if nsym == 0:
+                slow = 0
+                break
+            _store4(out, o0, lut_sym[idx])
+            pos0 += info & 255
+            o0 += nsym
+        if slow >= 0:
+            pos0, o0, st = _slow_step(src, pos0, o0, out, sorted_syms, first_code, first_index,
+                                      len_count, max_len, lut_bits)
+            if st != OK:
+                return st
+    pos = pos0
+    o = o0
+    while o < end:
+        q = pos >> 3
+        if q + 8 <= nbytes:
+            buf = _load_be64(src, q)
         else:
-            s, ln = _slow_symbol(buf, sorted_syms, first_code, first_index, len_count, lut_bits, max_len)
+            buf = np.uint64(0)
+            for t in range(8):
+                if q + t < nbytes:
+                    buf |= np.uint64(src[q + t]) << np.uint64(56 - 8 * t)
+        buf <<= np.uint64(pos & 7)
+        info = np.int64(lut_info[buf >> lut_shift])
+        len1 = info >> 12
+        if len1 > 0:
+            out[o] = lut_sym[buf >> lut_shift] & np.uint64(0xFFFF)
+            pos += len1
+        else:
+            s, ln = _slow_symbol(buf, sorted_syms, first_code, first_index, len_count, max_len, lut_bits)
             if ln == 0:
                 return ERR_BAD_CODE
             out[o] = s
-            o += 1
-            buf <<= np.uint64(ln)
-            cnt -= ln
-    while o < n:
-        # refill to >= 32 valid bits (4 bytes at a time while they exist, then byte by byte)
-        if cnt < 32:
-            if p + 4 <= nbytes:
-                w = (np.uint64(src[p]) << np.uint64(24)) | (np.uint64(src[p + 1]) << np.uint64(16)) | \
-                    (np.uint64(src[p + 2]) << np.uint64(8)) | np.uint64(src[p + 3])
-                buf |= w << np.uint64(32 - cnt)
-                cnt += 32
-                p += 4
-            else:
-                while cnt <= 56 and p < nbytes:
-                    buf |= np.uint64(src[p]) << np.uint64(56 - cnt)
-                    cnt += 8
-                    p += 1
-                if p >= nbytes:
-                    # zero bits past the end: allowed only up to 32 virtual bits for lookahead;
-                    # consuming them is caught by the final bit count check
-                    if cnt <= 0:
-                        return ERR_EXHAUSTED
-                    if p * 8 - cnt > nbits:
-                        return ERR_EXHAUSTED
-        idx = np.int64(buf >> shift)
-        info = np.int64(lut_info[idx])
-        nsym = (info >> 8) & 15
-        if nsym > 0 and o + LUT_SYMS <= n:
-            nb_ = info & 255
-            out[o] = lut_sym[idx, 0]
-            out[o + 1] = lut_sym[idx, 1]
-            out[o + 2] = lut_sym[idx, 2]
-            out[o + 3] = lut_sym[idx, 3]
-            o += nsym
-            buf <<= np.uint64(nb_)
-            cnt -= nb_
-        else:
-            len1 = info >> 12
-            if len1 > 0:
-                out[o] = lut_sym[idx, 0]
-                o += 1
-                buf <<= np.uint64(len1)
-                cnt -= len1
-            else:
-                s, ln = _slow_symbol(buf, sorted_syms, first_code, first_index, len_count, lut_bits, max_len)
-                if ln == 0:
-                    return ERR_BAD_CODE
-                out[o] = s
-                o += 1
-                buf <<= np.uint64(ln)
-                cnt -= ln
-        if cnt < 0:
+            pos += ln
+        o += 1
+        if pos > 8 * nbytes:
             return ERR_EXHAUSTED
-    used = p * 8 - cnt
-    if used != nbits:
+    if pos != end_bit:
         return ERR_LENGTH
+    return OK
+
+
+@nb.njit(nogil=True, cache=True)
+def _decode_segments(src, seg_bits, seg_out, out, lut_sym, lut_info, sorted_syms, first_code,
+                     first_index, len_count, max_len):
+    """Decode the segments of one stream (see Decoder.decode_segments); returns a status.
+
+    Segments run 4 at a time, interleaved, while each of them has the room of a fast lookup;
+    then each finishes alone with bounds-checked loads and must end exactly at its end bit.
+    """
+    nbytes = src.shape[0]
+    S = seg_bits.shape[0] - 1
+    if S < 1 or seg_out.shape[0] != S + 1 or seg_bits[0] != 0 or seg_out[0] != 0 \
+            or seg_out[S] != out.shape[0] or seg_bits[S] > 8 * nbytes:
+        return ERR_SEGMENTS
+    for j in range(S):
+        if seg_bits[j + 1] < seg_bits[j] or seg_out[j + 1] < seg_out[j]:
+            return ERR_SEGMENTS
+    lim = 8 * (nbytes - 8)
+    lut_bits = _log2(lut_info.shape[0])
+    lut_shift = np.uint64(64 - lut_bits)
+    j0 = 0
+    while j0 < S:
+        if S - j0 >= 4:
+            pos0 = seg_bits[j0]
+            pos1 = seg_bits[j0 + 1]
+            pos2 = seg_bits[j0 + 2]
+            pos3 = seg_bits[j0 + 3]
+            o0 = seg_out[j0]
+            o1 = seg_out[j0 + 1]
+            o2 = seg_out[j0 + 2]
+            o3 = seg_out[j0 + 3]
+            e0 = seg_out[j0 + 1]
+            e1 = seg_out[j0 + 2]
+            e2 = seg_out[j0 + 3]
+            e3 = seg_out[j0 + 4]
+            while True:
+                safe = min(min((e0 - o0) >> 2, (e1 - o1) >> 2), min((e2 - o2) >> 2, (e3 - o3) >> 2))
+                safe = min(safe, (lim - max(max(pos0, pos1), max(pos2, pos3))) >> 5)
+                if safe <= 0:
+                    break
+                slow = -1
+                for _ in range(safe):
+                    q = pos0 >> 3
+                    buf = _load_be64(src, q) << np.uint64(pos0 & 7)
+                    idx = buf >> lut_shift
+                    info = np.int64(lut_info[idx])
+                    nsym = (info >> 8) & 15
+                    if nsym == 0:
+                        slow = 0
+                        break
+                    _store4(out, o0, lut_sym[idx])
+                    pos0 += info & 255
+                    o0 += nsym
+                    q = pos1 >> 3
+                    buf = _load_be64(src, q) << np.uint64(pos1 & 7)
+                    idx = buf >> lut_shift
+                    info = np.int64(lut_info[idx])
+                    nsym = (info >> 8) & 15
+                    if nsym == 0:
+                        slow = 1
+                        break
+                    _store4(out, o1, lut_sym[idx])
+                    pos1 += info & 255
+                    o1 += nsym
+                    q = pos2 >> 3
+                    buf = _load_be64(src, q) << np.uint64(pos2 & 7)
+                    idx = buf >> lut_shift
+                    info = np.int64(lut_info[idx])
+                    nsym = (info >> 8) & 15
+                    if nsym == 0:
+                        slow = 2
+                        break
+                    _store4(out, o2, lut_sym[idx])
+                    pos2 += info & 255
+                    o2 += nsym
+                    q = pos3 >> 3
+                    buf = _load_be64(src, q) << np.uint64(pos3 & 7)
+                    idx = buf >> lut_shift
+                    info = np.int64(lut_info[idx])
+                    nsym = (info >> 8) & 15
+                    if nsym == 0:
+                        slow = 3
+                        break
+                    _store4(out, o3, lut_sym[idx])
+                    pos3 += info & 255
+                    o3 += nsym
+                # a code longer than the table (rare): one canonical step outside the hot loop,
+                # which keeps calls (and the register spills they force) out of it
+                if slow == 0:
+                    pos0, o0, st = _slow_step(src, pos0, o0, out, sorted_syms, first_code, first_index,
+                                              len_count, max_len, lut_bits)
+                elif slow == 1:
+                    pos1, o1, st = _slow_step(src, pos1, o1, out, sorted_syms, first_code, first_index,
+                                              len_count, max_len, lut_bits)
+                elif slow == 2:
+                    pos2, o2, st = _slow_step(src, pos2, o2, out, sorted_syms, first_code, first_index,
+                                              len_count, max_len, lut_bits)
+                elif slow == 3:
+                    pos3, o3, st = _slow_step(src, pos3, o3, out, sorted_syms, first_code, first_index,
+                                              len_count, max_len, lut_bits)
+                else:
+                    st = OK
+                if st != OK:
+                    return st
+            st = _seg_finish(src, pos0, o0, e0, seg_bits[j0 + 1], out, lut_sym, lut_info, sorted_syms,
+                             first_code, first_index, len_count, max_len)
+            if st == OK:
+                st = _seg_finish(src, pos1, o1, e1, seg_bits[j0 + 2], out, lut_sym, lut_info, sorted_syms,
+                                 first_code, first_index, len_count, max_len)
+            if st == OK:
+                st = _seg_finish(src, pos2, o2, e2, seg_bits[j0 + 3], out, lut_sym, lut_info, sorted_syms,
+                                 first_code, first_index, len_count, max_len)
+            if st == OK:
+                st = _seg_finish(src, pos3, o3, e3, seg_bits[j0 + 4], out, lut_sym, lut_info, sorted_syms,
+                                 first_code, first_index, len_count, max_len)
+            if st != OK:
+                return st
+            j0 += 4
+        else:
+            st = _seg_finish(src, seg_bits[j0], seg_out[j0], seg_out[j0 + 1], seg_bits[j0 + 1], out,
+                             lut_sym, lut_info, sorted_syms, first_code, first_index, len_count, max_len)
+            if st != OK:
+                return st
+            j0 += 1
     return OK
 
 
@@ -557,15 +786,69 @@ def unpack_lengths(buf: np.ndarray, what: str) -> tuple[np.ndarray, int]:
     return lengths, 32 + nb_
 
 
+BLOCK_SEGMENTS = 4
+BLOCK_TRAILER = 4 * (BLOCK_SEGMENTS - 1)
+
+
+@nb.njit(nogil=True, cache=True)
+def _segment_bits(data, lengths, nseg, seg_bits):
+    """seg_bits[j] = bit offset of the code of symbol (j * n) // nseg, j = 0..nseg."""
+    n = data.shape[0]
+    total = np.int64(0)
+    i = 0
+    for j in range(nseg):
+        seg_bits[j] = total
+        stop = ((j + 1) * n) // nseg
+        while i < stop:
+            total += lengths[data[i]]
+            i += 1
+    seg_bits[nseg] = total
+
+
+@nb.njit(nogil=True, cache=True)
+def _encode_fast(symbols, lengths, codes, dst, start):
+    """Like _encode_into, with a 64-bit accumulator flushed by one unaligned 8-byte store per code;
+    dst must hold 8 bytes past the last bit (they are written as zeros)."""
+    acc = np.uint64(0)
+    nacc = np.int64(0)
+    p = np.int64(start)
+    for i in range(symbols.shape[0]):
+        s = symbols[i]
+        ln = np.int64(lengths[s])
+        acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
+        nacc += ln
+        _store_be64(dst, p, acc << np.uint64(64 - nacc))
+        p += nacc >> 3
+        nacc &= 7
+
+
 def encode_block(data: np.ndarray, counts: np.ndarray | None = None) -> bytes:
-    """Self-describing Huffman block of a uint8 array: u32 bit count | packed table | bitstream."""
+    """Self-describing Huffman block of a uint8 array (layout in decode_block)."""
     data = np.ascontiguousarray(data, np.uint8).reshape(-1)
     if counts is None:
         counts = np.bincount(data, minlength=256)
+    out = np.empty(block_size(counts) + 8, np.uint8)
+    return out[:encode_block_into(data, counts, out, 0)].tobytes()
+
+
+def encode_block_into(data: np.ndarray, counts: np.ndarray, out: np.ndarray, off: int) -> int:
+    """Write encode_block(data) to out[off:]; out must hold 8 spare bytes after the block (they
+    are overwritten). Returns the block's end offset."""
     lengths = code_lengths(counts, BLOCK_MAX_LEN)
-    table = pack_lengths(lengths)
-    bits, nbits = encode(data, lengths)
-    return np.uint32(nbits).tobytes() + table + bits.tobytes()
+    table = np.frombuffer(pack_lengths(lengths), np.uint8)
+    seg = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    _segment_bits(data, lengths, BLOCK_SEGMENTS, seg)
+    nbits = int(seg[BLOCK_SEGMENTS])
+    head = off + 4 + table.size + BLOCK_TRAILER
+    end = head + (nbits + 7) // 8
+    if out.size < end + 8:
+        raise ValueError("encode_block_into: out is too small")
+    out[off:off + 4] = np.frombuffer(np.uint32(nbits).tobytes(), np.uint8)
+    out[off + 4:off + 4 + table.size] = table
+    out[head - BLOCK_TRAILER:head] = np.frombuffer(seg[1:BLOCK_SEGMENTS].astype("<u4").tobytes(), np.uint8)
+    out[head:end] = 0
+    _encode_fast(data, lengths, _canonical_codes(lengths), out, head)
+    return end
 
 
 def block_size(counts: np.ndarray) -> int:
@@ -574,16 +857,25 @@ def block_size(counts: np.ndarray) -> int:
     lengths = code_lengths(counts, BLOCK_MAX_LEN)
     nbits = int((counts * lengths).sum())
     k = int(np.count_nonzero(lengths))
-    return 4 + 32 + (k + 1) // 2 + (nbits + 7) // 8
+    return 4 + 32 + (k + 1) // 2 + BLOCK_TRAILER + (nbits + 7) // 8
 
 
 def decode_block(buf: np.ndarray, out: np.ndarray, what: str = "Huffman block") -> np.ndarray:
-    """Decode an encode_block() block that must fill `out` (uint8) exactly."""
+    """Decode an encode_block() block that must fill `out` (uint8) exactly.
+
+    Block: u32 LE bit count | 32-byte bitmap of used byte values | their 4-bit code lengths (high
+    nibble first, max 15) | 3 x u32 LE bit offsets of the codes of symbols n//4, n//2, 3n//4
+    (segment starts; decoders decode the 4 segments interleaved) | MSB-first canonical Huffman
+    bitstream, exactly ceil(bits/8) bytes.
+    """
     if buf.size < 4:
         raise FormatError(f"{what}: truncated header ({buf.size} of 4 bytes)")
     nbits = int(buf[:4].view("<u4")[0])
     lengths, used = unpack_lengths(buf[4:], what)
-    body = buf[4 + used:]
+    head = 4 + used + BLOCK_TRAILER
+    if buf.size < head:
+        raise FormatError(f"{what}: segment table truncated")
+    body = buf[head:]
     if (nbits + 7) // 8 != body.size:
         raise FormatError(f"{what}: declares {nbits} bits, holds {body.size} bytes")
     if out.size == 0:
@@ -592,4 +884,87 @@ def decode_block(buf: np.ndarray, out: np.ndarray, what: str = "Huffman block") 
         return out
     if not lengths.any():
         raise FormatError(f"{what}: empty code table for {out.size} symbols")
-    return get_decoder(lengths, BLOCK_MAX_LEN).decode(body, nbits, out.size, out, what)
+    n = out.size
+    seg_bits = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    seg_bits[0] = 0
+    seg_bits[1:BLOCK_SEGMENTS] = buf[4 + used:head].view("<u4")
+    seg_bits[BLOCK_SEGMENTS] = nbits
+    seg_out = np.array([(j * n) // BLOCK_SEGMENTS for j in range(BLOCK_SEGMENTS + 1)], np.int64)
+    # a smaller table for smaller blocks: building it costs about as much as decoding 2-4 symbols
+    # per entry, and every block has its own table
+    lut_bits = 12 if n >= (1 << 19) else 11 if n >= (1 << 17) else 10
+    return get_decoder(lengths, BLOCK_MAX_LEN, lut_bits).decode_segments(body, seg_bits, seg_out, out, what)
+
+
+# block decoding entirely in numba (for callers that decode many blocks, e.g. bytegroup planes)
+BLK_OK = 0
+BLK_ERR_HEADER = 10     # truncated header, code table or segment table
+BLK_ERR_SIZE = 11       # bit count does not match the stream's byte size
+BLK_ERR_TABLE = 12      # used symbol with length 0, empty table, or not a prefix code
+BLK_ERR_EMPTY = 13      # bits for 0 symbols
+BLOCK_STATUS_TEXT = {
+    BLK_ERR_HEADER: "truncated header, code table or segment table",
+    BLK_ERR_SIZE: "declared bit count does not match the stream size",
+    BLK_ERR_TABLE: "invalid code table (a used symbol of length 0, no symbols, or not a prefix code)",
+    BLK_ERR_EMPTY: "bits for 0 symbols",
+    **_STATUS_TEXT,
+}
+
+
+@nb.njit(nogil=True, cache=True)
+def _decode_block_nb(buf, out):
+    """decode_block in one call: returns a status (BLK_OK, BLK_ERR_*, or a _decode_segments one)."""
+    size = buf.shape[0]
+    n = out.shape[0]
+    if size < 4 + 32:
+        return BLK_ERR_HEADER
+    nbits = np.int64(buf[0]) | (np.int64(buf[1]) << 8) | (np.int64(buf[2]) << 16) | (np.int64(buf[3]) << 24)
+    lengths = np.zeros(256, np.uint8)
+    k = 0
+    for sym in range(256):
+        if (buf[4 + (sym >> 3)] >> (7 - (sym & 7))) & 1:
+            k += 1
+    nb_ = (k + 1) // 2
+    head = 4 + 32 + nb_ + BLOCK_TRAILER
+    if size < head:
+        return BLK_ERR_HEADER
+    t = 0
+    for sym in range(256):
+        if (buf[4 + (sym >> 3)] >> (7 - (sym & 7))) & 1:
+            byte = buf[36 + (t >> 1)]
+            ln = (byte >> 4) if (t & 1) == 0 else (byte & 15)
+            if ln == 0:
+                return BLK_ERR_TABLE
+            lengths[sym] = ln
+            t += 1
+    if (nbits + 7) // 8 != size - head:
+        return BLK_ERR_SIZE
+    if n == 0:
+        return BLK_ERR_EMPTY if nbits else BLK_OK
+    if k == 0:
+        return BLK_ERR_TABLE
+    lo, hi, kraft = _length_stats(lengths)
+    if kraft > (np.int64(1) << MAX_CODE_LEN):
+        return BLK_ERR_TABLE
+    lut_bits = 12 if n >= (1 << 19) else 11 if n >= (1 << 17) else 10
+    lut_sym = np.empty(1 << lut_bits, np.uint64)
+    lut_sym8 = np.empty(1 << lut_bits, np.uint64)
+    lut_info = np.empty(1 << lut_bits, np.uint16)
+    sorted_syms = np.zeros(256, np.int64)
+    first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
+    first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
+    len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
+    _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
+                   first_index, len_count)
+    seg_bits = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    seg_out = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    seg_bits[0] = 0
+    seg_bits[BLOCK_SEGMENTS] = nbits
+    for j in range(BLOCK_SEGMENTS + 1):
+        seg_out[j] = (j * n) // BLOCK_SEGMENTS
+    for j in range(1, BLOCK_SEGMENTS):
+        q = head - BLOCK_TRAILER + 4 * (j - 1)
+        seg_bits[j] = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16) \
+            | (np.int64(buf[q + 3]) << 24)
+    return _decode_segments(buf[head:], seg_bits, seg_out, out, lut_sym8, lut_info, sorted_syms,
+                            first_code, first_index, len_count, BLOCK_MAX_LEN)

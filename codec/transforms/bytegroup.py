@@ -8,6 +8,8 @@ each chunk is stored with the best of three methods:
     0 raw       the n plane bytes
     1 huffman   `huffman.encode_block`: u32 LE bit count | 32-byte bitmap of used byte values |
                 4-bit code lengths of the used values (high nibble first, max length 15) |
+                3 x u32 LE segment offsets: the bit at which the code of byte (j * n) // 4 starts,
+                j = 1, 2, 3 (decoders decode the 4 segments interleaved) |
                 MSB-first canonical Huffman bitstream (exactly ceil(bits/8) bytes)
     2 zstd      one Zstandard frame (no content size, no checksum)
 
@@ -41,14 +43,28 @@ DEFAULT_CHUNK = 1 << 18
 def _split(src, s, rot, planes):
     n = planes.shape[1]
     bits = 8 * s
-    mask = np.uint64(0xFFFFFFFFFFFFFFFF) if bits == 64 else (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
-    if s == 2 and rot == 1:
+    if s == 2:
+        r = np.uint32(rot)
         for i in range(n):
             v = np.uint32(src[2 * i]) | (np.uint32(src[2 * i + 1]) << np.uint32(8))
-            v = ((v << np.uint32(1)) | (v >> np.uint32(15))) & np.uint32(0xFFFF)
+            if rot:
+                v = ((v << r) | (v >> np.uint32(16 - rot))) & np.uint32(0xFFFF)
             planes[0, i] = np.uint8(v & np.uint32(255))
             planes[1, i] = np.uint8(v >> np.uint32(8))
         return
+    if s == 4:
+        r = np.uint32(rot)
+        for i in range(n):
+            v = np.uint32(src[4 * i]) | (np.uint32(src[4 * i + 1]) << np.uint32(8)) | \
+                (np.uint32(src[4 * i + 2]) << np.uint32(16)) | (np.uint32(src[4 * i + 3]) << np.uint32(24))
+            if rot:
+                v = (v << r) | (v >> np.uint32(32 - rot))
+            planes[0, i] = np.uint8(v & np.uint32(255))
+            planes[1, i] = np.uint8((v >> np.uint32(8)) & np.uint32(255))
+            planes[2, i] = np.uint8((v >> np.uint32(16)) & np.uint32(255))
+            planes[3, i] = np.uint8(v >> np.uint32(24))
+        return
+    mask = np.uint64(0xFFFFFFFFFFFFFFFF) if bits == 64 else (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
     for i in range(n):
         v = np.uint64(0)
         for b in range(s):
@@ -63,14 +79,28 @@ def _split(src, s, rot, planes):
 def _merge(planes, s, rot, out):
     n = planes.shape[1]
     bits = 8 * s
-    mask = np.uint64(0xFFFFFFFFFFFFFFFF) if bits == 64 else (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
-    if s == 2 and rot == 1:
+    if s == 2:
+        r = np.uint32(rot)
         for i in range(n):
             v = np.uint32(planes[0, i]) | (np.uint32(planes[1, i]) << np.uint32(8))
-            v = ((v >> np.uint32(1)) | (v << np.uint32(15))) & np.uint32(0xFFFF)
+            if rot:
+                v = ((v >> r) | (v << np.uint32(16 - rot))) & np.uint32(0xFFFF)
             out[2 * i] = np.uint8(v & np.uint32(255))
             out[2 * i + 1] = np.uint8(v >> np.uint32(8))
         return
+    if s == 4:
+        r = np.uint32(rot)
+        for i in range(n):
+            v = np.uint32(planes[0, i]) | (np.uint32(planes[1, i]) << np.uint32(8)) | \
+                (np.uint32(planes[2, i]) << np.uint32(16)) | (np.uint32(planes[3, i]) << np.uint32(24))
+            if rot:
+                v = (v >> r) | (v << np.uint32(32 - rot))
+            out[4 * i] = np.uint8(v & np.uint32(255))
+            out[4 * i + 1] = np.uint8((v >> np.uint32(8)) & np.uint32(255))
+            out[4 * i + 2] = np.uint8((v >> np.uint32(16)) & np.uint32(255))
+            out[4 * i + 3] = np.uint8(v >> np.uint32(24))
+        return
+    mask = np.uint64(0xFFFFFFFFFFFFFFFF) if bits == 64 else (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
     for i in range(n):
         v = np.uint64(0)
         for b in range(s):
@@ -82,10 +112,117 @@ def _merge(planes, s, rot, out):
 
 
 @nb.njit(nogil=True, cache=True)
+def _merge4(p0, p1, p2, p3, rot, out):
+    n = p0.shape[0]
+    r = np.uint32(rot)
+    for i in range(n):
+        v = np.uint32(p0[i]) | (np.uint32(p1[i]) << np.uint32(8)) | \
+            (np.uint32(p2[i]) << np.uint32(16)) | (np.uint32(p3[i]) << np.uint32(24))
+        if rot:
+            v = (v >> r) | (v << np.uint32(32 - rot))
+        out[4 * i] = np.uint8(v & np.uint32(255))
+        out[4 * i + 1] = np.uint8((v >> np.uint32(8)) & np.uint32(255))
+        out[4 * i + 2] = np.uint8((v >> np.uint32(16)) & np.uint32(255))
+        out[4 * i + 3] = np.uint8(v >> np.uint32(24))
+
+
+@nb.njit(nogil=True, cache=True)
+def _merge2(p0, p1, rot, out):
+    n = p0.shape[0]
+    r = np.uint32(rot)
+    for i in range(n):
+        v = np.uint32(p0[i]) | (np.uint32(p1[i]) << np.uint32(8))
+        if rot:
+            v = ((v >> r) | (v << np.uint32(16 - rot))) & np.uint32(0xFFFF)
+        out[2 * i] = np.uint8(v & np.uint32(255))
+        out[2 * i + 1] = np.uint8(v >> np.uint32(8))
+
+
+@nb.njit(nogil=True, cache=True)
 def _plane_counts(planes, counts):
+    """counts[p, t] = histogram of plane p's bytes i with i % 4 == t (4 tables hide the latency
+    of incrementing the same counter back to back)."""
+    n = planes.shape[1]
+    n4 = n - n % 4
     for p in range(planes.shape[0]):
-        for i in range(planes.shape[1]):
-            counts[p, planes[p, i]] += 1
+        for i in range(0, n4, 4):
+            counts[p, 0, planes[p, i]] += 1
+            counts[p, 1, planes[p, i + 1]] += 1
+            counts[p, 2, planes[p, i + 2]] += 1
+            counts[p, 3, planes[p, i + 3]] += 1
+        for i in range(n4, n):
+            counts[p, 0, planes[p, i]] += 1
+
+
+_NEEDS_ZSTD = 1
+_ERR_SHORT, _ERR_METHOD, _ERR_RAWLEN, _ERR_PAST, _ERR_TOTAL = 2, 3, 4, 5, 6
+_ERR_PLANE = 1000      # + 100 * plane + block status
+_LAYOUT_TEXT = {_ERR_SHORT: "payload shorter than its plane table", _ERR_METHOD: "a plane has an unknown method",
+                _ERR_RAWLEN: "a raw plane has the wrong length", _ERR_PAST: "a plane runs past the payload end",
+                _ERR_TOTAL: "payload size differs from what its plane table implies"}
+
+
+@nb.njit(nogil=True, cache=True)
+def _decode_chunk(buf, s, rot, planes, out):
+    """Decode a chunk without zstd planes in one call: 0, _NEEDS_ZSTD (nothing written), or an
+    error code (_ERR_*)."""
+    size = buf.shape[0]
+    n = planes.shape[1]
+    t = out.shape[0] - n * s
+    if size < 5 * s:
+        return _ERR_SHORT
+    off = 5 * s
+    zstd = False
+    for p in range(s):
+        m = buf[5 * p]
+        ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
+            | (np.int64(buf[5 * p + 4]) << 24)
+        if m > ZSTD:
+            return _ERR_METHOD
+        if m == RAW and ln != n:
+            return _ERR_RAWLEN
+        if off + ln > size:
+            return _ERR_PAST
+        if m == ZSTD:
+            zstd = True
+        off += ln
+    if off + t != size:
+        return _ERR_TOTAL
+    if zstd:
+        return _NEEDS_ZSTD
+    # Huffman planes decode into `planes`; raw planes are read in place by the merge
+    src = np.empty(s, np.int64)      # per plane: -1 = planes[p], else its offset in buf
+    off = 5 * s
+    for p in range(s):
+        m = buf[5 * p]
+        ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
+            | (np.int64(buf[5 * p + 4]) << 24)
+        if m == RAW:
+            src[p] = off
+        else:
+            src[p] = -1
+            st = huffman._decode_block_nb(buf[off:off + ln], planes[p])
+            if st != 0:
+                return _ERR_PLANE + 100 * p + st
+        off += ln
+    if s == 4:
+        _merge4(planes[0] if src[0] < 0 else buf[src[0]:src[0] + n],
+                planes[1] if src[1] < 0 else buf[src[1]:src[1] + n],
+                planes[2] if src[2] < 0 else buf[src[2]:src[2] + n],
+                planes[3] if src[3] < 0 else buf[src[3]:src[3] + n], rot, out)
+    elif s == 2:
+        _merge2(planes[0] if src[0] < 0 else buf[src[0]:src[0] + n],
+                planes[1] if src[1] < 0 else buf[src[1]:src[1] + n], rot, out)
+    else:
+        for p in range(s):
+            if src[p] >= 0:
+                row = planes[p]
+                for i in range(n):
+                    row[i] = buf[src[p] + i]
+        _merge(planes, s, rot, out)
+    for i in range(t):
+        out[n * s + i] = buf[size - t + i]
+    return 0
 
 
 def _default_rotate(dtype: str) -> int:
@@ -100,6 +237,7 @@ class ByteGroup(Codec):
     codec_id = "bytegroup"
     description = "byte planes (exponent rotated into one byte) with per-plane Huffman/zstd/raw (ZipNN layout)"
     max_expansion = 1.01
+    default_chunk_size = 1 << 18   # ZipNN's chunk: per-chunk tables keep F32/F16 at or below its ratio
 
     def __init__(self, itemsize: int = 1, rotate: int = 0, zstd_level: int = 3, zstd: str = "auto"):
         if itemsize not in (1, 2, 4, 8):
@@ -143,15 +281,19 @@ class ByteGroup(Codec):
         return planes, chunk[n * s:]
 
     def encode(self, chunk: np.ndarray) -> bytes:
+        return self.encode_buffer(chunk).tobytes()
+
+    def encode_buffer(self, chunk: np.ndarray) -> np.ndarray:
+        """`encode` as a uint8 array (the container writes it without another copy)."""
         chunk = np.ascontiguousarray(chunk, np.uint8).reshape(-1)
         s = self.itemsize
         planes, tail = self._planes(chunk)
         n = planes.shape[1]
-        counts = np.zeros((s, 256), np.int64)
+        counts = np.zeros((s, 4, 256), np.int64)
         _plane_counts(planes, counts)
+        counts = counts.sum(axis=1)
         use_zstd = self.zstd != "never"
-        header = np.zeros(5 * s, np.uint8)
-        parts = []
+        choice = []
         for p in range(s):
             best_m, best = RAW, None
             best_len = n
@@ -163,14 +305,21 @@ class ByteGroup(Codec):
                 z = compress_bytes(planes[p], self.zstd_level)
                 if len(z) < best_len:
                     best_m, best_len, best = ZSTD, len(z), z
-            if best_m == HUFFMAN:
-                best = huffman.encode_block(planes[p], counts[p])
-            elif best_m == RAW:
-                best = planes[p].tobytes()
-            header[5 * p] = best_m
-            header[5 * p + 1:5 * p + 5] = np.frombuffer(np.uint32(len(best)).tobytes(), np.uint8)
-            parts.append(best)
-        return header.tobytes() + b"".join(parts) + tail.tobytes()
+            choice.append((best_m, best_len, best))
+        out = np.empty(5 * s + sum(c[1] for c in choice) + tail.size + 8, np.uint8)
+        off = 5 * s
+        for p, (m, ln, best) in enumerate(choice):
+            out[5 * p] = m
+            out[5 * p + 1:5 * p + 5] = np.frombuffer(np.uint32(ln).tobytes(), np.uint8)
+            if m == HUFFMAN:
+                huffman.encode_block_into(planes[p], counts[p], out, off)
+            elif m == RAW:
+                out[off:off + ln] = planes[p]
+            else:
+                out[off:off + ln] = np.frombuffer(best, np.uint8)
+            off += ln
+        out[off:off + tail.size] = tail
+        return out[:off + tail.size]
 
     def _layout(self, buf: np.ndarray, total: int, what: str):
         s = self.itemsize
@@ -198,9 +347,24 @@ class ByteGroup(Codec):
     def decode(self, encoded, out: np.ndarray) -> np.ndarray:
         what = "bytegroup chunk"
         buf = np.frombuffer(encoded, np.uint8)
+        s = self.itemsize
+        n = out.size // s
+        planes = np.empty((s, n), np.uint8)
+        st = _decode_chunk(buf, s, self.rotate, planes, out)
+        if st == _NEEDS_ZSTD:
+            return self._decode_py(buf, planes, out, what)
+        if st != 0:
+            if st >= _ERR_PLANE:
+                p, code = divmod(st - _ERR_PLANE, 100)
+                raise FormatError(f"{what} plane {p} (Huffman block) is corrupt: "
+                                  f"{huffman.BLOCK_STATUS_TEXT.get(code, code)}")
+            raise FormatError(f"{what}: {_LAYOUT_TEXT.get(st, st)} (payload of {buf.size} bytes for "
+                              f"{out.size} decoded bytes)")
+        return out
+
+    def _decode_py(self, buf, planes, out, what):
         entries, n, t = self._layout(buf, out.size, what)
         s = self.itemsize
-        planes = np.empty((s, n), np.uint8)
         for p, (m, off, ln) in enumerate(entries):
             body = buf[off:off + ln]
             if m == RAW:
