@@ -212,21 +212,37 @@ def decompress_file(path, output=None, *, workers: int | None = None, overwrite:
 
 
 def _replay(nf, path: Path, workers: int, progress: bool, verb: str, sink) -> int:
-    """Decode every entry in order into `sink` (or nowhere), then check size and sha256."""
+    """Decode every entry in order into `sink` (or nowhere), then check size and sha256.
+
+    Hashing and writing run on one background thread (hashlib and file writes release the GIL),
+    overlapping with the decoding of the next chunks.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     total = nf.manifest["original_size"]
     bar = _progress(total, f"{verb} {path.name}", progress)
     h = hashlib.sha256()
+
+    def consume(chunk) -> None:
+        if sink is not None:
+            sink(chunk)
+        h.update(chunk)
+
     done = 0
-    for entry in nf.entries:
-        frame = nf.frame(entry)
-        if done + frame.decoded_size > total:
-            raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
-        for chunk in frame.iter_decoded(workers):
-            if sink is not None:
-                sink(chunk)
-            h.update(chunk)
-            done += chunk.size
-            bar.update(chunk.size)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec-sink") as out:
+        pending = None
+        for entry in nf.entries:
+            frame = nf.frame(entry)
+            if done + frame.decoded_size > total:
+                raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
+            for chunk in frame.iter_decoded(workers):
+                if pending is not None:
+                    pending.result()  # at most one chunk in flight: memory stays bounded
+                pending = out.submit(consume, chunk)
+                done += chunk.size
+                bar.update(chunk.size)
+        if pending is not None:
+            pending.result()
     bar.close()
     _check_original(path, done, h.hexdigest(), nf.manifest)
     return total
