@@ -103,10 +103,15 @@ class _Block:
 class Handle:
     """What `attach` returns: hooks, resident frames and statistics; `remove()` undoes it."""
 
-    def __init__(self, model, device: str, workers: int) -> None:
+    def __init__(self, model, device: str, workers: int, kernel_device=None) -> None:
         self.model = model
         self.device = device
         self.workers = workers
+        # Decoding with the CUDA kernel (codec.gpu): on CUDA devices, or on any device object
+        # with the same interface (the CPU runtime in tests).
+        self.kernel_device = kernel_device
+        self.use_kernel = kernel_device is not None or device.startswith("cuda")
+        self.decoders: dict[str, object] = {}
         self.blocks: list[_Block] = []
         self.hooks: list = []
         self.resident_bytes = 0      # compressed bytes kept in memory
@@ -126,8 +131,18 @@ class Handle:
         t = t.view(slot.dtype).view(slot.shape)
         return t if self.device == "cpu" else t.to(self.device, non_blocking=False)
 
+    def _kernel_decode_block(self, block: _Block) -> None:
+        """One kernel launch per block (codec.gpu.BlockDecoder); tensors are views of its buffer."""
+        tensors = self.decoders[block.name].decode()
+        for s in block.slots:
+            t = tensors[s.tensor]
+            s.param.data = t if t.device.type == self.device.split(":")[0] else t.to(self.device)
+        block.decoded = True
+
     def decode_block(self, block: _Block) -> None:
         torch = _torch()
+        if self.use_kernel:
+            return self._kernel_decode_block(block)
         buf = self.buffer[:block.nbytes]
 
         def one(slot: _Slot) -> None:
@@ -192,12 +207,16 @@ def _resident_frame(reader, name: str):
 
 
 def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
-           strict: bool = True, eager: bool = False) -> Handle:
+           strict: bool = True, eager: bool = False, kernel_device=None) -> Handle:
     """Attach compressed weights to `model`; blocks decode on the fly (or all now, `eager=True`).
 
     `reader` is a `codec.open(...)` result or a list of them (sharded checkpoints). Every
     parameter and persistent buffer of the model must be found with a matching shape
     (`strict`), else a FormatError names the tensor before anything runs.
+
+    On `device="cuda"` blocks are decoded by the GPU kernel (`codec.gpu.BlockDecoder`, one launch
+    per block, compressed bytes uploaded once). `kernel_device` runs that same path on another
+    device object, e.g. `codec.gpu.cpu_runtime.CpuDevice()` (how the tests exercise it).
     """
     torch = _torch()
     from .api import default_workers
@@ -205,9 +224,9 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
 
     readers = reader if isinstance(reader, (list, tuple)) else [reader]
     store = _Store(readers)
-    if device != "cpu":
+    if device != "cpu" and kernel_device is None:
         _check_device(device)
-    h = Handle(model, device, workers or default_workers())
+    h = Handle(model, device, workers or default_workers(), kernel_device)
     prefix = getattr(model, "base_model_prefix", None)
 
     if hasattr(model, "tie_weights"):
@@ -281,7 +300,15 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
         blk.nbytes = off
         h.blocks.append(blk)
     largest = max((b.nbytes for b in h.blocks), default=0)
-    h.buffer = np.empty(largest, np.uint8)
+    if h.use_kernel:
+        from .gpu import BlockDecoder
+
+        for blk in h.blocks:  # built now: uploads once, and bad frames fail at load
+            if blk.slots:
+                h.decoders[blk.name] = BlockDecoder({s.tensor: s.frame for s in blk.slots},
+                                                    device=kernel_device)
+    else:
+        h.buffer = np.empty(largest, np.uint8)
     for blk in h.blocks:
         if not blk.slots:
             continue
@@ -339,12 +366,13 @@ def build_empty_model(folder, config=None):
 
 
 def load_model(path, *, device: str = "cpu", mode: str = "on_the_fly", workers: int | None = None,
-               **hub_kwargs):
+               kernel_device=None, **hub_kwargs):
     """A `transformers` model whose weights come from `.nnc` files, ready for forward/generate.
 
     `path` is a folder with `config.json` and `.nnc` weights (as written by `codec compress`),
     or a Hub repo id (pulled with `codec.hub.pull`). `mode="eager"` decodes everything now;
-    `"on_the_fly"` keeps the compressed bytes resident and decodes one block at a time.
+    `"on_the_fly"` keeps the compressed bytes resident and decodes one block at a time
+    (on CUDA with the GPU kernel; `kernel_device` as in `attach`).
     """
     from .api import open as open_nnc
 
@@ -358,7 +386,8 @@ def load_model(path, *, device: str = "cpu", mode: str = "on_the_fly", workers: 
     files = _weight_files(folder)
     model = build_empty_model(folder)
     readers = [open_nnc(p) for p in files]
-    handle = attach(model, readers, device=device, workers=workers, eager=(mode == "eager"))
+    handle = attach(model, readers, device=device, workers=workers, eager=(mode == "eager"),
+                    kernel_device=kernel_device)
     for r in readers:
         r.close()
     model.eval()

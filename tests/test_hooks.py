@@ -86,6 +86,22 @@ def test_minilm_embeddings_bit_identical(minilm, mode):
         assert weight_bytes(model) < weight_bytes(ref) * 0.6
 
 
+def test_minilm_bf16_through_the_gpu_kernel_on_the_cpu_runtime(minilm):
+    """Real BF16 model, every block decoded by the CUDA kernel source (CPU runtime, random schedule)."""
+    from codec.gpu.cpu_runtime import CpuDevice
+
+    dtype, plain, packed = minilm
+    if dtype != "BF16":
+        pytest.skip("the kernel decodes BF16 (exponent) frames")
+    ref = _ref(transformers.AutoModel, plain, dtype)
+    model = codec.load_model(packed, kernel_device=CpuDevice(schedule="random:7"))
+    assert len(model.codec_handle.decoders) == 6
+    tok = transformers.AutoTokenizer.from_pretrained(str(plain))
+    batch = tok(["the kernel decodes every block"], return_tensors="pt")
+    with torch.inference_mode():
+        assert same_bits(ref(**batch).last_hidden_state, model(**batch).last_hidden_state)
+
+
 @pytest.mark.parametrize("mode", ["on_the_fly", "eager"])
 def test_smollm2_generate_bit_identical(smollm2, mode):
     dtype, plain, packed = smollm2
@@ -144,11 +160,11 @@ def tiny(tmp_path):
     return model, out
 
 
-def empty_tiny():
+def empty_tiny(d=16):
     from accelerate import init_empty_weights
 
     with init_empty_weights():
-        m = Tiny()
+        m = Tiny(d=d)
     m.head.weight = m.embed.weight  # accelerate re-creates re-registered parameters: tie again
     return m
 
@@ -245,3 +261,24 @@ def test_load_model_needs_nnc(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(codec.CodecError):
         codec.load_model(tmp_path)
+
+
+def test_kernel_path_through_the_cpu_runtime(tmp_path):
+    """The hook's GPU path (codec.gpu.BlockDecoder, one launch per block) run on the CPU runtime."""
+    from codec.gpu.cpu_runtime import CpuDevice
+
+    torch.manual_seed(0)
+    model = Tiny(d=32).to(torch.bfloat16).eval()
+    sd = {k: v for k, v in model.state_dict().items() if k != "head.weight"}
+    st = datasets.write_safetensors(tmp_path / "tiny-bf16.safetensors", {
+        k: ("BF16", list(v.shape), v.contiguous().view(torch.uint16).numpy()) for k, v in sd.items()})
+    nnc = tmp_path / "tiny-bf16.nnc"
+    codec.compress_file(st, nnc)
+    with codec.open(nnc) as r:
+        assert {r.frame(k).codec_id for k in r.keys()} == {"exponent"}
+        empty = empty_tiny(d=32)
+        h = attach(empty, r, kernel_device=CpuDevice(schedule="reverse"))
+    assert len(h.decoders) == 3
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.inference_mode():
+        assert same_bits(empty(ids), model(ids))
