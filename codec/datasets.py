@@ -176,35 +176,9 @@ def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a plain transformers folder (config, tokenizer, F32 safetensors).
 
     The first call dequantizes the package's Q4_1 GGUF with transformers + gguf (20-30 s) and
-    caches the folder under `cache_dir()`; later calls return at once.
+    caches the folder under `cache_dir()`; later calls return at once. (One converter, shared
+    with the LLM text coder: `codec.llm_model.smollm2_dir`.)
     """
-    gguf = smollm2_gguf_path()
-    out = cache_dir() / f"smollm2-135m-instruct-{gguf.stat().st_size}"
-    if (out / "model.safetensors").exists() and (out / "config.json").exists():
-        return out
-    import tempfile
+    from .llm_model import smollm2_dir as convert
 
-    import transformers
-
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=cache_dir()))
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                              torch_dtype="float32")
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    from safetensors.torch import save_model
-
-    # save_pretrained refuses GGUF-loaded models; the dequantized weights are plain tensors.
-    model.config.quantization_config = None
-    model.config.architectures = [type(model).__name__]
-    if hasattr(model.config, "gguf_file"):
-        del model.config.gguf_file
-    model.config.save_pretrained(str(tmp))
-    model.generation_config.save_pretrained(str(tmp))
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": gguf.name})
-    tok.save_pretrained(str(tmp))
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return convert()

@@ -185,6 +185,16 @@ class Handle:
                 "block_weight_bytes": sum(b.nbytes for b in self.blocks)}
 
 
+def _aligned(nbytes: int) -> np.ndarray:
+    """A uint8 buffer allocated by torch (64-byte aligned, like every torch tensor).
+
+    Alignment matters for bit-identical outputs: BLAS kernels may pick a different blocking, and
+    so a different summation order, for weights at other alignments.
+    """
+    torch = _torch()
+    return torch.empty(max(nbytes, 1), dtype=torch.uint8).numpy()[:nbytes]
+
+
 def _placeholder(shape, dtype, device):
     """A tensor with the right shape and dtype that holds one element (stride 0)."""
     torch = _torch()
@@ -268,7 +278,7 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
                                   f"the model expects {list(p.shape)}")
             slot = _Slot(None, stored, fr, fr.decoded_size, shape, torch_dtype(fr.dtype))
             if not on_the_fly:
-                value = h._tensor_from(fr.decode(workers=h.workers), slot)
+                value = h._tensor_from(fr.decode(out=_aligned(fr.decoded_size), workers=h.workers), slot)
                 h.decoded_bytes += fr.decoded_size
             else:
                 slots_by_block[b].append(slot)
@@ -308,7 +318,7 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
                 h.decoders[blk.name] = BlockDecoder({s.tensor: s.frame for s in blk.slots},
                                                     device=kernel_device)
     else:
-        h.buffer = np.empty(largest, np.uint8)
+        h.buffer = _aligned(largest)
     for blk in h.blocks:
         if not blk.slots:
             continue

@@ -64,7 +64,18 @@ def smollm2(request, smollm2_f32, tmp_path_factory):
 
 
 def _ref(cls, folder, dtype):
-    return cls.from_pretrained(str(folder), dtype=torch.bfloat16 if dtype == "BF16" else torch.float32).eval()
+    """The uncompressed model, its weights in torch-allocated (64-byte aligned) memory.
+
+    transformers may leave weights memory-mapped from the safetensors file, at whatever alignment
+    the file gives them; CPU BLAS kernels pick their blocking (and so the summation order) by
+    alignment, so the same weights at another alignment give other last bits, compressed or not.
+    codec's decoded weights are torch-aligned, so the reference is too.
+    """
+    model = cls.from_pretrained(str(folder), dtype=torch.bfloat16 if dtype == "BF16" else torch.float32).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+    return model
 
 
 @pytest.mark.parametrize("mode", ["on_the_fly", "eager"])
