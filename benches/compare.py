@@ -232,7 +232,9 @@ def bounds(tensors):
             pl = b[: n * isz].reshape(n, isz)
         for p in range(isz):
             planes += entropy_bits_of_counts(np.bincount(pl[:, p], minlength=256))
-    out = {"bound: byte planes (order-0)": planes / (8 * total), "bound: 16-bit value (order-0)": v16 / (8 * total)}
+    out = {"bound: byte planes (order-0)": planes / (8 * total)}
+    if any(dt in ("BF16", "F16") for dt, _ in tensors):  # a 16-bit value bound only means something there
+        out["bound: 16-bit value (order-0)"] = v16 / (8 * total)
     if any(dt == "BF16" for dt, _ in tensors):
         out["bound: exponent only (order-0)"] = e_only / (8 * total)
     return out
