@@ -29,6 +29,16 @@ def _level_arg(text: str):
         raise argparse.ArgumentTypeError(f"level must be an integer or 'max', not {text!r}") from None
 
 
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by compress and decompress."""
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--scheduler", metavar="URL", default=None,
+                   help="run on a Dask cluster (tcp://HOST:8786) or 'local' (a process pool); inputs may "
+                        "be files, folders, globs or fsspec URLs (see README: Many files and clusters)")
+    _add_common(p)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workers", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -57,22 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--container", choices=["auto", "safetensors", "gguf", "bytes"], default="auto",
                    help="how to read the input (auto: safetensors if it is one, else opaque bytes)")
     p.add_argument("--chunk-size", type=int, default=None, help="decoded bytes per chunk")
-    p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--scheduler", metavar="URL", default=None,
-                   help="run on a Dask cluster (tcp://HOST:8786) or 'local' (a process pool); inputs may "
-                        "be files, folders, globs or fsspec URLs (see README: Many files and clusters)")
-    _add_common(p)
+    _add_output_options(p)
 
     p = sub.add_parser("decompress", help="restore the original files from .nnc")
     p.add_argument("inputs", nargs="+", metavar="FILE")
     p.add_argument("-o", "--output", help="output path (one input only)")
-    p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--scheduler", metavar="URL", default=None,
-                   help="run on a Dask cluster (tcp://HOST:8786) or 'local' (a process pool); inputs may "
-                        "be files, folders, globs or fsspec URLs (see README: Many files and clusters)")
-    _add_common(p)
+    _add_output_options(p)
 
     p = sub.add_parser("inspect", help="show the format, codecs and sizes of a .nnc file")
     p.add_argument("input", metavar="FILE")

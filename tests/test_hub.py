@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from codec import datasets
+from codec.checksum import sha256_file
 from codec.errors import BackendUnavailableError, CodecError, FileExistsCodecError, FormatError
 
 try:  # tests/ as a package or as a rootdir on sys.path
@@ -26,11 +27,7 @@ TOKEN = "hf_test_write_token"
 
 
 def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while piece := f.read(1 << 20):
-            h.update(piece)
-    return h.hexdigest()
+    return sha256_file(path)
 
 _names = itertools.count()
 
