@@ -217,12 +217,17 @@ def _resident_frame(reader, name: str):
 
 
 def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
-           strict: bool = True, eager: bool = False, kernel_device=None) -> Handle:
+           strict: bool = True, eager: bool = False, kernel_device=None,
+           decoded_budget: int | None = None) -> Handle:
     """Attach compressed weights to `model`; blocks decode on the fly (or all now, `eager=True`).
 
     `reader` is a `codec.open(...)` result or a list of them (sharded checkpoints). Every
     parameter and persistent buffer of the model must be found with a matching shape
     (`strict`), else a FormatError names the tensor before anything runs.
+
+    Weights outside the blocks (embeddings, heads, norms) are decoded once at load, up to
+    `decoded_budget` bytes if given (smallest first); the rest are decoded per use by hooks on
+    the modules that hold them (e.g. a 100 MB embedding table), like a block.
 
     On `device="cuda"` blocks are decoded by the GPU kernel (`codec.gpu.BlockDecoder`, one launch
     per block, compressed bytes uploaded once). `kernel_device` runs that same path on another
@@ -256,6 +261,8 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
         for i in ids:
             block_of[i] = bname if i not in block_of else "<shared>"
 
+    if decoded_budget is not None and not eager:
+        blocks += _per_use_blocks(model, objects, names, block_of, store, prefix, decoded_budget)
     missing, used = [], set()
     replacement: dict[int, object] = {}
     slots_by_block: dict[str, list[_Slot]] = {b: [] for b, _ in blocks}
@@ -268,6 +275,7 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
             used.add(stored)
             rd = store.where[stored]
             b = block_of.get(pid)
+            owners = b if isinstance(b, list) else [b]
             on_the_fly = b is not None and b != "<shared>"
             # Block weights keep their compressed bytes in memory; the rest is decoded once,
             # straight from the file, so eager loading never holds both forms of a tensor.
@@ -281,7 +289,8 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
                 value = h._tensor_from(fr.decode(out=_aligned(fr.decoded_size), workers=h.workers), slot)
                 h.decoded_bytes += fr.decoded_size
             else:
-                slots_by_block[b].append(slot)
+                for owner in owners:
+                    slots_by_block[owner].append(slot)
                 h.resident_bytes += nbytes
                 value = _placeholder(shape, slot.dtype, device)
             # A new Parameter (the model's may live on the meta device, whose data cannot be
@@ -331,6 +340,39 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
     return h
 
 
+def _per_use_blocks(model, objects, names, block_of, store, prefix, budget: int) -> list:
+    """Turn the non-block weights that do not fit in `budget` into per-use blocks of their owners."""
+    from .dtypes import lookup
+
+    sizes = {}
+    for pid in objects:
+        if block_of.get(pid) not in (None, "<shared>"):
+            continue
+        stored = store.resolve(names[pid], prefix)
+        if stored is None:
+            continue
+        entry = store.where[stored]._nf.tensors[stored]
+        sizes[pid] = math.prod(entry.shape) * lookup(entry.dtype).itemsize
+    kept = 0
+    over = []
+    for pid in sorted(sizes, key=lambda i: (sizes[i], names[i][0])):  # smallest first
+        if kept + sizes[pid] <= budget:
+            kept += sizes[pid]
+        else:
+            over.append(pid)
+    extra = []
+    for mname, mod in model.named_modules():
+        held = [pid for pid in over if any(v is objects[pid] for v in mod._parameters.values())]
+        if not held:
+            continue
+        bname = f"{mname or '<root>'} (per use)"
+        extra.append((bname, mod))
+        for pid in held:
+            prev = block_of.get(pid)
+            block_of[pid] = (prev if isinstance(prev, list) else []) + [bname]
+    return extra
+
+
 def _rebind(model, replacement: dict[int, object]) -> None:
     for mod in model.modules():
         for k, v in list(mod._parameters.items()):
@@ -376,13 +418,13 @@ def build_empty_model(folder, config=None):
 
 
 def load_model(path, *, device: str = "cpu", mode: str = "on_the_fly", workers: int | None = None,
-               kernel_device=None, **hub_kwargs):
+               kernel_device=None, decoded_budget: int | None = None, **hub_kwargs):
     """A `transformers` model whose weights come from `.nnc` files, ready for forward/generate.
 
     `path` is a folder with `config.json` and `.nnc` weights (as written by `codec compress`),
     or a Hub repo id (pulled with `codec.hub.pull`). `mode="eager"` decodes everything now;
     `"on_the_fly"` keeps the compressed bytes resident and decodes one block at a time
-    (on CUDA with the GPU kernel; `kernel_device` as in `attach`).
+    (on CUDA with the GPU kernel; `kernel_device` and `decoded_budget` as in `attach`).
     """
     from .api import open as open_nnc
 
@@ -397,7 +439,7 @@ def load_model(path, *, device: str = "cpu", mode: str = "on_the_fly", workers: 
     model = build_empty_model(folder)
     readers = [open_nnc(p) for p in files]
     handle = attach(model, readers, device=device, workers=workers, eager=(mode == "eager"),
-                    kernel_device=kernel_device)
+                    kernel_device=kernel_device, decoded_budget=decoded_budget)
     for r in readers:
         r.close()
     model.eval()

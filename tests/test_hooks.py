@@ -245,8 +245,10 @@ def test_smollm2_on_the_fly_short(smollm2_f32, tmp_path):
     """The default run's real-LM check of the per-block path: 3 tokens, F32."""
     plain, packed = make_folder(tmp_path, smollm2_f32, smollm2_f32 / "model.safetensors")
     ref = _ref(transformers.AutoModelForCausalLM, plain, "F32")
-    model = codec.load_model(packed, mode="on_the_fly", workers=2)
-    assert model.codec_handle.stats()["blocks"] == 30
+    # a 1 MiB budget keeps the norms decoded; the tied 113 MB embedding/head is decoded per use
+    model = codec.load_model(packed, mode="on_the_fly", workers=2, decoded_budget=1 << 20)
+    assert model.codec_handle.stats()["blocks"] == 32
+    assert model.codec_handle.decoded_bytes < 1 << 20
     ids = torch.tensor([[1, 504, 3458, 282, 4649, 314]])
     kw = dict(max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True)
     with torch.inference_mode():
@@ -293,3 +295,21 @@ def test_kernel_path_through_the_cpu_runtime(tmp_path):
     ids = torch.tensor([[3, 1, 4, 1, 5]])
     with torch.inference_mode():
         assert same_bits(empty(ids), model(ids))
+
+
+def test_decoded_budget_makes_outside_weights_per_use(tiny):
+    """With no budget for weights outside blocks, the tied embedding/head is decoded per use."""
+    model, nnc = tiny
+    ids = torch.tensor([[2, 7, 1, 8]])
+    with torch.inference_mode():
+        want = model(ids)
+    empty = empty_tiny()
+    with codec.open(nnc) as r:
+        h = attach(empty, r, decoded_budget=0)
+    names = [b.name for b in h.blocks]
+    assert {"embed (per use)", "head (per use)"} <= set(names)
+    assert h.decoded_bytes == 0
+    with torch.inference_mode():
+        assert same_bits(empty(ids), want)
+    assert empty.embed.weight.stride() == (0, 0)  # released after use
+    assert empty.head.weight is empty.embed.weight
