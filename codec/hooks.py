@@ -431,10 +431,13 @@ def load_model(path, *, device: str = "cpu", mode: str = "on_the_fly", workers: 
     if mode not in ("on_the_fly", "eager"):
         raise ValueError(f"mode must be 'on_the_fly' or 'eager', not {mode!r}")
     folder = Path(path)
-    if not folder.is_dir():
+    if not folder.is_dir():  # a Hub repo id: pull the compressed files (verified) into the cache
         from . import hub
+        from .datasets import cache_dir
 
-        folder = Path(hub.pull(str(path), **hub_kwargs))
+        target = cache_dir() / "hub" / str(path).replace("/", "--")
+        hub_kwargs.setdefault("progress", False)
+        folder = Path(hub.pull(str(path), output=target, overwrite=True, **hub_kwargs).output)
     files = _weight_files(folder)
     model = build_empty_model(folder)
     readers = [open_nnc(p) for p in files]

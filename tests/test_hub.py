@@ -434,3 +434,30 @@ def test_full_minilm_fp32(server, tmp_path):
     assert sha256(out / "model.safetensors") == sha256(src / "model.safetensors")
     for p in ("config.json", "tokenizer.json", "vocab.txt", "1_Pooling/config.json"):
         assert sha256(out / p) == sha256(src / p), p
+
+
+def test_load_model_from_repo_id(server, tmp_path, monkeypatch):
+    """codec.load_model(REPO_ID) pulls the compressed repo and runs it, bit-identical."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    import codec
+    from codec import hub
+
+    folder = tmp_path / "minilm-bf16"
+    folder.mkdir()
+    datasets.write_safetensors(folder / "model.safetensors", datasets.minilm_tensors("BF16"))
+    shutil.copy(datasets.minilm_dir() / "config.json", folder / "config.json")
+    repo = _repo()
+    hub.push(folder, repo, endpoint=server.url, token=TOKEN, progress=False)
+    monkeypatch.setenv("CODEC_CACHE", str(tmp_path / "cache"))
+    model = codec.load_model(repo, endpoint=server.url, token=TOKEN)
+    ref = transformers.AutoModel.from_pretrained(str(folder), dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.data = p.data.clone()  # torch-aligned, like codec's decoded weights
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    with torch.inference_mode():
+        a, b = ref(ids).last_hidden_state, model(ids).last_hidden_state
+    assert a.dtype == b.dtype == torch.bfloat16
+    assert torch.equal(a.view(torch.int16), b.view(torch.int16))
