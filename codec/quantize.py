@@ -29,7 +29,7 @@ import numpy as np
 
 from .abc import Codec
 from .checksum import xxh64
-from .errors import CodecError, FormatError
+from .errors import BackendUnavailableError, CodecError, FormatError
 from .registry import register_codec
 from .source import TensorSource
 from .stats import StreamStat
@@ -38,6 +38,14 @@ from .transforms import fieldcode
 SCHEMES = ("int8", "int4", "fp8")
 FLOAT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
 
+
+def _require_torch():
+    """torch, or BackendUnavailableError (CLI exit 3) for the lossy quantizer."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailableError("the lossy quantizer needs torch (pip install 'codec[torch]')") from exc
+    return torch
 
 def _e4m3fn_table() -> np.ndarray:
     """float32 value of every float8_e4m3fn bit pattern (bias 7, no infinities, S.1111.111 = NaN)."""
@@ -81,7 +89,7 @@ def _groups_torch(x, gs: int):
 
 def _quant_rows(x, scheme: str):
     """(codes, scale, zero) for the rows of a float32 torch tensor [G, g]."""
-    import torch
+    torch = _require_torch()
 
     if not bool(torch.isfinite(x).all()):
         raise CodecError("lossy quantization needs finite weights (found NaN or infinity)")
@@ -106,7 +114,7 @@ def _quant_rows(x, scheme: str):
 
 
 def _dequant_rows_torch(q, s, z, scheme: str):
-    import torch
+    torch = _require_torch()
 
     if scheme == "int8":
         return q.to(torch.float32) * s[:, None]
@@ -122,7 +130,7 @@ def reference(tensor, scheme: str, group_size: int):
     the reference matches codec's output whenever chunk boundaries fall on group boundaries, which
     `codec` guarantees (chunks are a multiple of the group size).
     """
-    import torch
+    torch = _require_torch()
 
     x = tensor.detach().reshape(-1).to(torch.float32)
     full, tail = _groups_torch(x, group_size)
@@ -180,7 +188,7 @@ class Quant(Codec):
 
     # -- encoding -------------------------------------------------------------------------
     def _quantize(self, chunk: np.ndarray) -> bytes:
-        import torch
+        torch = _require_torch()
 
         x = torch.from_numpy(_from_dtype_bytes(chunk, self.dtype).copy())
         full, tail = _groups_torch(x, self.group_size)
