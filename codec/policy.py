@@ -7,7 +7,9 @@ Policy (levels: None = default, "max" = highest compression, an int = zstd level
 - BF16 -> `exponent`: Huffman on the exponent joined with the top mantissa bits, raw sign and low
   mantissa bits. `fit` picks per tensor the number of joined mantissa bits k that gives the smallest
   frame: k in {0, 1} by default (k = 0 is DFloat11's layout; k = 1 is about 0.3 points smaller on
-  real weights), k in {0, 1, 2, 3} at level "max".
+  real weights). At level "max" -> `value16` (order-0 rANS on the top 16 - r bits of the value, r
+  low bits raw, r and the table precision fitted per tensor), unless `exponent` with k in
+  {0, 1, 2, 3} gives the smaller frame for that tensor (`Value16(compare_exponent=True).fit`).
 - F16, F32, F64 and integer dtypes (I8..I64, U8..U64) -> `bytegroup` (ZipNN layout): exponent
   rotated into one byte for BF16/F32/F64, byte planes, per chunk and plane the best of Huffman, zstd
   (integers only unless level "max") and raw.
@@ -49,6 +51,11 @@ def choose_codec(dtype: str, level=None) -> Codec:
     if dtype == "BF16":
         from .entropy.exponent import Exponent
 
+        if _is_max(level):
+            from .entropy.value16 import Value16
+
+            return Value16(compare_exponent=True)
+
         return Exponent(candidates=[0, 1, 2, 3] if _is_max(level) else [0, 1])
     if dtype in ("F8_E4M3", "F8_E5M2"):
         return get_codec({"id": "fp8", "format": "e4m3" if dtype == "F8_E4M3" else "e5m2", "zstd_level": 19})
@@ -73,6 +80,10 @@ def resolve(spec, dtype: str, level=None) -> Codec:
             from .entropy.exponent import Exponent
 
             return Exponent(candidates=[0, 1, 2, 3] if _is_max(level) else [0, 1])
+        if spec == "value16":
+            from .entropy.value16 import Value16
+
+            return Value16()
         if spec == "bytegroup":
             return choose_codec("F32", level) if dtype not in _BYTEGROUP else choose_codec(dtype, level)
         return get_codec({"id": spec, "level": level})
