@@ -78,13 +78,14 @@ class Result:
         return self.original_size / 1e6 / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self, verb: str) -> str:
-        return (f"{verb} {self.input} -> {self.output}: {_human(self.original_size)} -> "
-                f"{_human(self.compressed_size)} (ratio {100 * self.ratio:.2f} %, "
+        return (f"{verb} {self.input} -> {self.output}: {human_size(self.original_size)} -> "
+                f"{human_size(self.compressed_size)} (ratio {100 * self.ratio:.2f} %, "
                 f"{self.original_size / max(self.compressed_size, 1):.3f}x) in {self.seconds:.2f} s, "
                 f"{self.mb_per_s:.0f} MB/s")
 
 
-def _human(n: int) -> str:
+def human_size(n: int) -> str:
+    """Bytes as B / KiB / MiB / GiB / TiB, for summaries and model cards."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"

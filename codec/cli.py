@@ -325,7 +325,7 @@ def _add_hub_parsers(sub) -> None:
 def cmd_push(args, parser) -> int:
     from dataclasses import asdict
 
-    from .api import _human
+    from .api import human_size
     from .hub import push
 
     r = push(args.folder, args.repo_id, revision=args.revision, private=args.private,
@@ -337,7 +337,7 @@ def cmd_push(args, parser) -> int:
     elif not args.quiet:
         what = f"commit {r.commit_oid[:12]}" if r.changed else f"nothing changed (still {r.commit_oid[:12]})"
         print(f"pushed {args.folder} -> {r.repo_id}{'@' + r.revision if r.revision else ''}: "
-              f"{len(r.files)} files, weights {_human(r.original_bytes)} -> {_human(r.compressed_bytes)} "
+              f"{len(r.files)} files, weights {human_size(r.original_bytes)} -> {human_size(r.compressed_bytes)} "
               f"(ratio {100 * r.ratio:.2f} %), {what}")
     return EXIT_OK
 

@@ -36,6 +36,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .api import human_size
 from .checksum import sha256_file
 from .errors import BackendUnavailableError, CodecError, FileExistsCodecError
 
@@ -239,14 +240,6 @@ def _nnc_manifest(path: Path) -> dict:
         return nf.manifest
 
 
-def _fmt_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def card_section(repo_id: str, files: list[HubFile]) -> str:
     """The model card section (between the markers): what the files are, the ratio, how to restore."""
     from . import __version__
@@ -254,7 +247,7 @@ def card_section(repo_id: str, files: list[HubFile]) -> str:
     comp = [f for f in files if f.compressed]
     orig = sum(f.original_size for f in comp)
     size = sum(f.size for f in comp)
-    rows = "\n".join(f"| `{f.path_in_repo}` | {_fmt_size(f.original_size)} | {_fmt_size(f.size)} | "
+    rows = "\n".join(f"| `{f.path_in_repo}` | {human_size(f.original_size)} | {human_size(f.size)} | "
                      f"{100 * f.size / max(f.original_size, 1):.1f} % |" for f in comp)
     name = repo_id.split("/")[-1]
     return f"""{SECTION_BEGIN}
@@ -262,7 +255,7 @@ def card_section(repo_id: str, files: list[HubFile]) -> str:
 
 The weights in this repository are **losslessly compressed** with `codec` {__version__}: each
 `*.nnc` file restores the original safetensors file bit for bit (it records the original's sha256,
-and every chunk carries a checksum). Total: {_fmt_size(orig)} -> {_fmt_size(size)}
+and every chunk carries a checksum). Total: {human_size(orig)} -> {human_size(size)}
 ({100 * size / max(orig, 1):.1f} % of the original, {orig / max(size, 1):.2f}x smaller).
 
 | file | original | compressed | ratio |
@@ -398,8 +391,8 @@ def push(folder, repo_id: str, *, revision: str | None = None, private: bool = F
             comp = [f for f in files if f.compressed]
             orig_b = sum(f.original_size for f in comp)
             comp_b = sum(f.size for f in comp)
-            message = commit_message or (f"Upload codec-compressed weights ({_fmt_size(orig_b)} -> "
-                                         f"{_fmt_size(comp_b)})")
+            message = commit_message or (f"Upload codec-compressed weights ({human_size(orig_b)} -> "
+                                         f"{human_size(comp_b)})")
             with _quiet_empty_commit():
                 commit = api.create_commit(
                     repo_id, [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(src)) for p, src in ops],
