@@ -49,10 +49,10 @@ _LOCK = threading.Lock()
 _MODELS: dict[tuple, "LoadedModel"] = {}
 
 
-def require_backend():
-    """Import torch, transformers and constriction, or raise BackendUnavailableError."""
+def require_backend(transformers: bool = True):
+    """Import torch, constriction (and transformers), or raise BackendUnavailableError."""
     missing = []
-    for name in ("torch", "transformers", "constriction"):
+    for name in ("torch", "transformers", "constriction") if transformers else ("torch", "constriction"):
         try:
             __import__(name)
         except ImportError:
@@ -231,7 +231,38 @@ class TokenTable:
         self.lengths = np.array([len(b) for b in self.token_bytes], np.int64)
 
 
-def load_token_table(folder: Path) -> TokenTable:
+def _token_name(value) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _tokenizer_direct(folder: Path):
+    """(tokenizers.Tokenizer, start id) read from tokenizer.json without importing transformers
+    (which costs ~2 s); None when the folder lacks the files this needs."""
+    tj, tc = folder / "tokenizer.json", folder / "tokenizer_config.json"
+    if not (tj.is_file() and tc.is_file()):
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        conf = json.loads(tc.read_text())
+        backend = Tokenizer.from_file(str(tj))
+    except (ImportError, OSError, ValueError, Exception):  # tokenizers raises plain Exception
+        return None
+    start = None
+    for key in ("bos_token", "eos_token"):   # transformers' order: BOS, else EOS
+        name = _token_name(conf.get(key))
+        if name is not None:
+            start = backend.token_to_id(name)
+            if start is None:
+                return None                  # a token transformers would add: let it do so
+            break
+    return backend, (0 if start is None else int(start))
+
+
+def _tokenizer_transformers(folder: Path):
     require_backend()
     from transformers import AutoTokenizer
 
@@ -239,6 +270,15 @@ def load_token_table(folder: Path) -> TokenTable:
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         raise CodecError(f"{folder}: the LLM coder needs a fast (tokenizers) byte-level BPE tokenizer")
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    return backend, (0 if start is None else int(start))
+
+
+def load_token_table(folder: Path, direct: bool = True) -> TokenTable:
+    """The token table of the folder's tokenizer; `direct` reads tokenizer.json with the
+    `tokenizers` library where possible (same table, see tests), else through transformers."""
+    got = _tokenizer_direct(folder) if direct else None
+    backend, start = got if got is not None else _tokenizer_transformers(folder)
     inv = {c: b for b, c in _bytes_to_unicode().items()}
     vocab = backend.get_vocab(with_added_tokens=True)
     size = max(vocab.values()) + 1 if vocab else 0
@@ -259,9 +299,6 @@ def load_token_table(folder: Path) -> TokenTable:
         i = vocab.get(b2u[b])
         if i is not None and b2u[b] not in added:
             byte_ids[b] = i
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    if start is None:
-        start = 0
     return TokenTable(table, byte_ids, backend, int(start))
 
 
@@ -272,22 +309,35 @@ def load_token_table(folder: Path) -> TokenTable:
 class LoadedModel:
     spec: str
     folder: Path
-    model: object                   # torch.nn.Module (eval, no grad)
+    model: object                   # torch.nn.Module (eval, no grad), or None on the lean path
     tokens: TokenTable
     vocab_size: int                 # size of the model's output distribution
+    model_sha256: str
+    attn: str
+    dtype: str
+    lean: object = None             # codec.llm_lean.LeanLlama on the lean path
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def n_symbols(self) -> int:
         """Coder alphabet: the model's outputs plus the escape symbols of missing bytes."""
         return len(self.tokens.token_bytes)
-    model_sha256: str
-    attn: str
-    dtype: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def tokenizer_sha256(self) -> str:
         return self.tokens.sha256
+
+    def kv_bytes(self, rows: int, length: int) -> int:
+        """Bytes of the float32 KV cache of `rows` windows of `length` tokens."""
+        if self.lean is not None:
+            m = self.lean
+            layers, kv, dim = m.n_layers, m.n_kv, m.head_dim
+        else:
+            c = self.model.config.get_text_config()
+            heads = int(c.num_attention_heads)
+            layers, kv = int(c.num_hidden_layers), int(getattr(c, "num_key_value_heads", None) or heads)
+            dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+        return 2 * 4 * layers * kv * dim * rows * length
 
 
 def _signature(folder: Path) -> tuple:
@@ -310,46 +360,77 @@ def fingerprints(spec: str) -> tuple[str, str]:
     return fp
 
 
-def load(spec: str = DEFAULT_MODEL, attn: str = "sdpa", dtype: str = "float32") -> LoadedModel:
-    """Load (once per process) the model named by `spec`, in eval mode, on the CPU.
+def lean_unsupported(spec: str) -> str | None:
+    """Why the model named by `spec` cannot take the lean evaluation path (None if it can)."""
+    from .llm_lean import unsupported
 
-    `dtype` ("float32" or "bfloat16") is the evaluation dtype; the weights are read as they
-    are stored and converted with `.to(dtype)`.
-    """
-    torch = require_backend()
     folder = model_dir(spec)
-    key = (str(folder.resolve()), attn, dtype, _signature(folder))
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"config.json unreadable ({exc})"
+    if not any(folder.glob("*.safetensors")):
+        return "weights are not safetensors"
+    return unsupported(cfg)
+
+
+def _load_hf(folder: Path, attn: str, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                     dtype=torch.float32, attn_implementation=attn)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    if dtype == "qint8":
+        # Dynamic int8 quantization of every nn.Linear (fbgemm): int8 weights per output
+        # channel, activations quantized per tensor at run time, int32 accumulation.
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif dtype != "float32":
+        model = model.to(getattr(torch, dtype))
+    model.eval()
+    model.requires_grad_(False)
+    return model, int(model.config.get_text_config().vocab_size)
+
+
+def load(spec: str = DEFAULT_MODEL, attn: str = "sdpa", dtype: str = "float32",
+         lean: bool = False) -> LoadedModel:
+    """Load (once per process) the model named by `spec`, on the CPU.
+
+    `lean=False`: a `transformers` model in eval mode; `dtype` ("float32", "bfloat16" or
+    "qint8") is its evaluation dtype. `lean=True`: the weights in `codec.llm_lean`'s layout,
+    `dtype` ("float32" or "bfloat16") being the weight dtype (transformers is not imported for
+    the model, only for the tokenizer).
+    """
+    require_backend(transformers=not lean)
+    folder = model_dir(spec)
+    key = (str(folder.resolve()), attn, dtype, lean, _signature(folder))
     with _LOCK:
         hit = _MODELS.get(key)
         if hit is not None:
             return hit
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-
         t0 = time.perf_counter()
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
-                                                         dtype=torch.float32, attn_implementation=attn)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        if dtype == "qint8":
-            # Dynamic int8 quantization of every nn.Linear (fbgemm): int8 weights per output
-            # channel, activations quantized per tensor at run time, int32 accumulation.
-            import warnings
+        model = lean_model = None
+        if lean:
+            from .llm_lean import LeanLlama
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
-                                                               dtype=torch.qint8)
-        elif dtype != "float32":
-            model = model.to(getattr(torch, dtype))
-        model.eval()
-        model.requires_grad_(False)
+            try:
+                lean_model = LeanLlama.from_folder(folder, dtype)
+            except (ValueError, KeyError, OSError) as exc:
+                raise CodecError(f"{folder}: cannot load for the lean evaluation path: {exc}") from None
+            vocab = lean_model.vocab
+        else:
+            model, vocab = _load_hf(folder, attn, dtype)
         tokens = load_token_table(folder)
-        vocab = int(model.config.get_text_config().vocab_size)
         if len(tokens.token_bytes) > vocab:
             raise CodecError(f"{folder}: tokenizer has {len(tokens.token_bytes)} tokens, "
                              f"the model only {vocab} outputs")
@@ -363,7 +444,8 @@ def load(spec: str = DEFAULT_MODEL, attn: str = "sdpa", dtype: str = "float32") 
         tokens.byte_ids = tokens.byte_ids.copy()
         tokens.byte_ids[missing] = vocab + np.arange(missing.size)
         tokens.lengths = np.array([len(b) for b in tokens.token_bytes], np.int64)
-        lm = LoadedModel(spec, folder, model, tokens, vocab, model_files_sha256(folder), attn, dtype)
+        lm = LoadedModel(spec, folder, model, tokens, vocab, model_files_sha256(folder), attn, dtype,
+                         lean_model)
         _MODELS[key] = lm
         log.info("loaded %s in %.2f s", folder, time.perf_counter() - t0)
         return lm

@@ -274,7 +274,8 @@ def test_window_checksum_names_divergence(tiny):
     dec.model_sha256 = "unchecked"          # fitted but not verified: simulates a divergence
     from codec import llm_model
 
-    dec._lm = (__import__("torch"), llm_model.load(str(other)), llm_model.load(str(other)).model)
+    lm = llm_model.load(str(other), dtype=c.dtype, lean=True)
+    dec._lm = (__import__("torch"), lm, lm.model)
     with pytest.raises(FormatError, match="window 0 checksum|range decoder|decodes"):
         dec.decode(enc, np.empty(len(data), np.uint8))
 
@@ -307,9 +308,81 @@ def test_import_codec_does_not_import_torch():
 
 def test_bad_configs():
     for bad in ({"precision": 16}, {"batch": 0}, {"min_window": 2000}, {"eval_path": "x"},
-                {"dtype": "float16"}, {"freq_rule": "y"}):
+                {"dtype": "float16"}, {"freq_rule": "y"}, {"eval_path": "lean-llama-1", "dtype": "qint8"}):
         with pytest.raises(FormatError):
             get_codec({"id": "llm", **bad})
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation paths: lean (default for Llama models) and transformers
+# ----------------------------------------------------------------------------------------
+def test_lean_path_is_default_and_matches_transformers(tiny):
+    import torch
+
+    from codec import llm_model
+
+    assert fitted(tiny).eval_path == "lean-llama-1"
+    hf = llm_model.load(str(tiny), dtype="float32").model
+    lean = llm_model.load(str(tiny), dtype="float32", lean=True).lean
+    ids = torch.tensor([1, 40, 7, 99, 3, 250, 12, 5])
+    with torch.inference_mode():
+        ref = hf(input_ids=ids[None]).logits[0]
+        s = lean.session(1, len(ids))
+        got = torch.cat([s.step(ids[i:i + 1], i) for i in range(len(ids))])
+        # a batch of rows gives each row what it gives alone (rows do not interact)
+        s2 = lean.session(3, len(ids))
+        rows = torch.stack([ids, ids.flip(0), ids]).T
+        batch = torch.stack([s2.step(rows[i], i) for i in range(len(ids))])
+    assert torch.equal(ref.argmax(-1), got.argmax(-1))
+    assert (ref - got).abs().max().item() < 1e-4          # float32: the same function
+    assert (batch[:, 0] - got).abs().max().item() < 1e-4
+    assert torch.equal(batch[:, 0], batch[:, 2])            # identical rows, identical bits
+
+
+@pytest.mark.parametrize("path, dtype", [("hf-kv-lockstep-1", "float32"), ("hf-kv-lockstep-1", "bfloat16"),
+                                         ("lean-llama-1", "float32"), ("lean-llama-1", "bfloat16")])
+def test_every_eval_path_roundtrips(tiny, path, dtype):
+    c = fitted(tiny, eval_path=path, dtype=dtype)
+    assert c.get_config()["eval_path"] == path and c.get_config()["dtype"] == dtype
+    data = TEXT * 2
+    enc = chunk_roundtrip(c, data)
+    assert chunk_roundtrip(get_codec(c.get_config()), data) == enc     # a fresh decoder, same bits
+
+
+def test_tokenizer_read_directly_equals_transformers(tiny):
+    from codec import llm_model
+
+    a = llm_model.load_token_table(Path(tiny), direct=True)
+    b = llm_model.load_token_table(Path(tiny), direct=False)
+    assert a.sha256 == b.sha256 and a.start_id == b.start_id
+
+
+def test_lean_load_does_not_import_transformers(tiny):
+    code = (f"import sys, numpy as np, codec\n"
+            f"c = {{'id': 'llm', 'model': {str(tiny)!r}, 'min_window': 8, 'max_window': 24}}\n"
+            f"f = codec.compress(np.frombuffer(b'hello hello world', np.uint8), codec=c)\n"
+            f"assert codec.decompress(f).tobytes() == b'hello hello world'\n"
+            f"print('transformers' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "False"
+
+
+def test_kv_cache_limit_and_rows_check(tiny, monkeypatch):
+    c = fitted(tiny)
+    data = TEXT * 2
+    enc = bytearray(c.encode(np.frombuffer(data, np.uint8)))
+    out = np.empty(len(data), np.uint8)
+    monkeypatch.setenv("CODEC_LLM_MAX_KV_GIB", "1e-6")       # ~1 KB: any batch is too big
+    with pytest.raises(FormatError, match="KV cache"):
+        c.decode(bytes(enc), out)
+    with pytest.raises(ValueError, match="KV cache"):
+        c.encode(np.frombuffer(data, np.uint8))
+    monkeypatch.delenv("CODEC_LLM_MAX_KV_GIB")
+    version, reserved, r, n, w = HEAD.unpack_from(enc)
+    HEAD.pack_into(enc, 0, version, reserved, -(-n // w) + 1, n, w)    # more rows than windows
+    with pytest.raises(FormatError, match="rows"):
+        c.decode(bytes(enc), out)
 
 
 # ----------------------------------------------------------------------------------------

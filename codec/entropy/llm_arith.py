@@ -46,6 +46,7 @@ versions. Decoding with a model or tokenizer whose fingerprint differs raises
 from __future__ import annotations
 
 import logging
+import os
 import re
 import struct
 import threading
@@ -61,7 +62,9 @@ from ..stats import StreamStat, byte_entropy_bits
 
 log = logging.getLogger("codec.llm")
 
-EVAL_PATH = "hf-kv-lockstep-1"
+EVAL_PATH = "hf-kv-lockstep-1"     # transformers model, its KV cache
+LEAN_PATH = "lean-llama-1"         # codec.llm_lean (Llama family); the default where it applies
+EVAL_PATHS = (EVAL_PATH, LEAN_PATH)
 FREQ_RULE = "freq-v1"
 CHUNK_VERSION = 1
 HEAD = struct.Struct("<BBHII")        # version, reserved, rows R, tokens N, window W
@@ -90,6 +93,14 @@ def _pinned_threads(torch):
             _THREADS_USERS -= 1
             if _THREADS_USERS == 0:
                 torch.set_num_threads(_THREADS_SAVED)
+
+
+def max_kv_bytes() -> int:
+    """Largest KV cache one batch may allocate (decoding hostile input must not exhaust memory)."""
+    try:
+        return int(float(os.environ.get("CODEC_LLM_MAX_KV_GIB", "8")) * 2**30)
+    except ValueError:
+        return 8 << 30
 
 
 def plan(n_tokens: int, batch: int, lanes: int, min_window: int, max_window: int) -> tuple[int, int]:
@@ -141,7 +152,7 @@ class LLMArith(Codec):
                  tokenizer_sha256: str | None = None, precision: int = 24, batch: int = 32,
                  lanes: int = 2, min_window: int = 512, max_window: int = 1024,
                  start_token: int | None = None, n_symbols: int | None = None,
-                 eval_path: str = EVAL_PATH, freq_rule: str = FREQ_RULE, dtype: str = "float32",
+                 eval_path: str | None = None, freq_rule: str = FREQ_RULE, dtype: str = "bfloat16",
                  attn: str = "sdpa", versions: dict | None = None, threads: int | None = None):
         ints = {"precision": precision, "batch": batch, "lanes": lanes, "min_window": min_window,
                 "max_window": max_window}
@@ -153,8 +164,10 @@ class LLMArith(Codec):
                              f"models in Python use 24 bits)")
         if min_window > max_window or max_window > 1 << 16 or batch > 1024 or lanes > 64:
             raise ValueError(f"llm: window/batch parameters out of range ({ints})")
-        if eval_path != EVAL_PATH:
-            raise ValueError(f"llm: evaluation path {eval_path!r} unknown (this build: {EVAL_PATH!r})")
+        if eval_path is not None and eval_path not in EVAL_PATHS:
+            raise ValueError(f"llm: evaluation path {eval_path!r} unknown (this build: {EVAL_PATHS})")
+        if eval_path == LEAN_PATH and dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"llm: the {LEAN_PATH} path takes dtype 'float32' or 'bfloat16', not {dtype!r}")
         if freq_rule != FREQ_RULE:
             raise ValueError(f"llm: frequency rule {freq_rule!r} unknown (this build: {FREQ_RULE!r})")
         if dtype not in ("float32", "bfloat16", "qint8"):
@@ -213,7 +226,7 @@ class LLMArith(Codec):
                 return self._lm
             from .. import llm_model
 
-            torch = llm_model.require_backend()
+            torch = llm_model.require_backend(transformers=False)
             if self.model_sha256 is not None or self.tokenizer_sha256 is not None:
                 msha, tsha = llm_model.fingerprints(self.model)
                 if (msha, tsha) != (self.model_sha256, self.tokenizer_sha256):
@@ -221,7 +234,10 @@ class LLMArith(Codec):
                         f"llm: model {self.model!r} has fingerprint model={msha[:16]}.. "
                         f"tokenizer={tsha[:16]}.., the data was encoded with model="
                         f"{str(self.model_sha256)[:16]}.. tokenizer={str(self.tokenizer_sha256)[:16]}..")
-            lm = llm_model.load(self.model, self.attn, self.dtype)
+            lean = self.eval_path == LEAN_PATH
+            if self.eval_path is None:   # not fitted yet: the lean path where the model allows it
+                lean = self.dtype in ("float32", "bfloat16") and llm_model.lean_unsupported(self.model) is None
+            lm = llm_model.load(self.model, self.attn, self.dtype, lean=lean)
             if self.n_symbols is not None and self.n_symbols != lm.n_symbols:
                 raise ModelMismatchError(f"llm: model {self.model!r} has {lm.n_symbols} coder symbols, "
                                          f"the data was encoded with {self.n_symbols}")
@@ -240,14 +256,15 @@ class LLMArith(Codec):
         cfg = self.get_config()
         cfg.update(model_sha256=lm.model_sha256, tokenizer_sha256=lm.tokenizer_sha256,
                    n_symbols=lm.n_symbols, start_token=lm.tokens.start_id,
-                   versions=llm_model.versions())
+                   versions=llm_model.versions(), eval_path=LEAN_PATH if lm.lean is not None else EVAL_PATH)
         fitted = LLMArith.from_config(cfg)
         fitted.threads = self.threads
         fitted._lm = self._lm
         return fitted
 
     def _check_fitted(self):
-        if self.model_sha256 is None or self.n_symbols is None or self.start_token is None:
+        if self.model_sha256 is None or self.n_symbols is None or self.start_token is None \
+                or self.eval_path is None:
             raise FormatError("llm: config lacks the model fingerprint (call fit() before encode)")
 
     # -- tokens ------------------------------------------------------------------------
@@ -283,19 +300,34 @@ class LLMArith(Codec):
         torch, lm, net = lm_bundle
         import constriction
 
+        need = lm.kv_bytes(n_rows, steps)
+        if need > max_kv_bytes():
+            raise (FormatError if decode else ValueError)(f"llm: a batch of {n_rows} windows of {steps} tokens needs a {need / 2**30:.1f} GiB "
+                              f"KV cache, above the {max_kv_bytes() / 2**30:.1f} GiB limit "
+                              f"(CODEC_LLM_MAX_KV_GIB; encode with a smaller batch or max_window)")
+
         family = constriction.stream.model.Categorical(perfect=False)
         vocab, start = lm.vocab_size, lm.tokens.start_id
         lens = [len(r) for r in rows]
         inp = np.full(n_rows, start, np.int64)
-        from transformers import DynamicCache
+        if lm.lean is not None:
+            session = lm.lean.session(n_rows, steps)
 
-        cache = DynamicCache(config=net.config)
-        with torch.inference_mode(), _pinned_threads(torch):
-            for t in range(steps):
+            def logits(t):
+                return session.step(torch.from_numpy(inp), t)
+        else:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=net.config)
+
+            def logits(t):
                 out = net(input_ids=torch.from_numpy(inp).view(n_rows, 1), past_key_values=cache,
                           use_cache=True, position_ids=torch.full((n_rows, 1), t, dtype=torch.long),
                           logits_to_keep=1)
-                w = quantize(out.logits[:, -1, :], self.n_symbols, self.precision)
+                return out.logits[:, -1, :]
+        with torch.inference_mode(), _pinned_threads(torch):
+            for t in range(steps):
+                w = quantize(logits(t), self.n_symbols, self.precision)
                 for r, row in enumerate(rows):
                     if t >= lens[r]:
                         continue
@@ -367,7 +399,7 @@ class LLMArith(Codec):
             if r or w or len(buf) != HEAD.size or out.size:
                 raise FormatError(f"llm chunk: empty token stream but {out.size} bytes expected")
             return out
-        if n > out.size or not (1 <= w <= self.max_window) or not (1 <= r <= self.batch):
+        if n > out.size or not (1 <= w <= self.max_window) or not (1 <= r <= min(self.batch, -(-n // w))):
             raise FormatError(f"llm chunk header is invalid: {n} tokens for {out.size} bytes, window {w} "
                               f"(max {self.max_window}), rows {r} (max {self.batch})")
         n_win = -(-n // w)
