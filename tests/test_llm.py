@@ -349,6 +349,21 @@ def test_every_eval_path_roundtrips(tiny, path, dtype):
     assert chunk_roundtrip(get_codec(c.get_config()), data) == enc     # a fresh decoder, same bits
 
 
+def test_chunk_version_1_still_decodes(tiny):
+    """Earlier releases wrote one range-coder stream per window (chunk version 1)."""
+    c = fitted(tiny)
+    c._write_version = 1
+    data = TEXT * 3
+    v1 = c.encode(np.frombuffer(data, np.uint8))
+    assert v1[0] == 1
+    out = np.empty(len(data), np.uint8)
+    get_codec(c.get_config()).decode(v1, out)
+    assert out.tobytes() == data
+    c._write_version = 2
+    v2 = c.encode(np.frombuffer(data, np.uint8))
+    assert v2[0] == 2 and len(v2) < len(v1)      # shared streams drop a flush and a count per window
+
+
 def test_tokenizer_read_directly_equals_transformers(tiny):
     from codec import llm_model
 

@@ -13,10 +13,13 @@ Pipeline of one container chunk (a flat uint8 array):
    `W = min(N, clamp(ceil(N / batch), min_window, max_window))`. Windows are grouped into
    `n_batches = max(ceil(n_win / batch), min(lanes, n_win))` batches of `R = ceil(n_win / n_batches)`
    rows; window k is row `k % R` of batch `k // R`; a short last batch is padded to R rows.
-3. **Evaluation path `hf-kv-lockstep-1`**: each batch runs through the model in lockstep, one
-   token per step for all R rows (`input_ids` of shape [R, 1], `position_ids` = step, no
-   attention mask, the model's KV cache reused across steps), in `torch.inference_mode`, on the
-   CPU, with torch's intra-op thread count pinned to 1 while the model runs. Finished or padding
+3. **Evaluation paths.** Each batch runs through the model in lockstep, one token per step for
+   all R rows, in `torch.inference_mode`, on the CPU, with torch's intra-op thread count pinned
+   to 1 while the model runs. `lean-llama-1` (the default for Llama-family models with
+   safetensors weights; `codec.llm_lean` defines it, dtype = weight dtype, bfloat16 by default)
+   steps a preallocated KV cache with fused projections; `hf-kv-lockstep-1` (any other causal
+   LM) calls the `transformers` model (`input_ids` [R, 1], `position_ids` = step, no attention
+   mask, its KV cache reused across steps; dtype = evaluation dtype). Finished or padding
    rows feed the start token; their outputs are ignored. Encoding takes exactly the same path as
    decoding (never a parallel "prefill" pass), because logits change in the last bits with the
    batch shape, the row position and the thread count (measured on this project's machines); the
@@ -32,11 +35,15 @@ Pipeline of one container chunk (a flat uint8 array):
    exact and reproduces `freq` bit for bit.
 5. **Coding**: one `constriction.stream.queue.RangeEncoder` (FIFO) per window.
 
-Encoded chunk layout (little-endian): `u8 version=1, u8 reserved=0, u16 R, u32 N, u32 W`, then
-per window `u32 words, u32 xxh32(window's decoded bytes)`, then every window's range-coder words
-(`u32` each) in window order. Decoding checks every window's checksum and names the window
-that diverged (a different model evaluation would give a clear `ChecksumError`, never silent
-garbage); the container checks the chunk's XXH3 on top.
+Encoded chunk layout (little-endian), version 2: `u8 version=2, u8 reserved=0, u16 R, u32 N,
+u32 W`, then per batch `u32 words`, then per window `u32 xxh32(window's decoded bytes)`, then
+each batch's range-coder words (`u32` each) in batch order. The windows of a batch share one
+range coder (FIFO): symbols are coded in lockstep order, step by step and row by row within a
+step, which is the order the decoder recovers them in; sharing saves each window's flush and
+length. Version 1 (earlier releases, still decoded): per window `u32 words, u32 xxh32`, then one
+stream per window. Decoding checks every window's checksum and names the window that diverged
+(a different model evaluation would give a clear `ChecksumError`, never silent garbage); the
+container checks the chunk's XXH3 on top.
 
 The frame config records the model spec and fingerprints (`codec.llm_model`), precision,
 chunking parameters, the evaluation path, dtype, attention implementation and the library
@@ -66,9 +73,10 @@ EVAL_PATH = "hf-kv-lockstep-1"     # transformers model, its KV cache
 LEAN_PATH = "lean-llama-1"         # codec.llm_lean (Llama family); the default where it applies
 EVAL_PATHS = (EVAL_PATH, LEAN_PATH)
 FREQ_RULE = "freq-v1"
-CHUNK_VERSION = 1
+CHUNK_VERSION = 2                     # written; version 1 (one stream per window) still decodes
 HEAD = struct.Struct("<BBHII")        # version, reserved, rows R, tokens N, window W
-WIN = struct.Struct("<II")            # range-coder words, xxh32 of the window's bytes
+WIN = struct.Struct("<II")            # version 1: range-coder words, xxh32 of the window's bytes
+U32 = struct.Struct("<I")
 _SURROGATES = re.compile("([\udc80-\udcff]+)")
 _DEFAULT_MODEL = "smollm2-135m-instruct"   # = codec.llm_model.DEFAULT_MODEL (no torch import here)
 
@@ -186,6 +194,7 @@ class LLMArith(Codec):
         self.versions = versions
         #: Runtime only (not in the config, never changes the bits): threads running batches.
         self.threads = threads
+        self._write_version = CHUNK_VERSION
         self._lm = None
         self._lm_lock = threading.Lock()
 
@@ -368,22 +377,29 @@ class LLMArith(Codec):
             return HEAD.pack(CHUNK_VERSION, 0, 0, 0, 0)
         w, r = plan(n, self.batch, self.lanes, self.min_window, self.max_window)
         windows = [ids[s:s + w] for s in range(0, n, w)]
-        coders = [constriction.stream.queue.RangeEncoder() for _ in windows]
         batches = [list(range(s, min(len(windows), s + r))) for s in range(0, len(windows), r)]
+        # One range coder per batch: symbols go in lockstep order (step, row), which is the
+        # order the decoder produces them in, so the windows of a batch share one stream.
+        v1 = self._write_version == 1      # tests only: the layout of earlier releases
+        coders = [constriction.stream.queue.RangeEncoder() for _ in (windows if v1 else batches)]
 
-        def one(b):
+        def one(i):
+            b = batches[i]
             self._run_batch([windows[k] for k in b], r, max(len(windows[k]) for k in b),
-                            [coders[k] for k in b], False, bundle)
+                            [coders[k] for k in b] if v1 else [coders[i]] * len(b), False, bundle)
 
-        self._pool_map(one, batches)
+        self._pool_map(one, list(range(len(batches))))
         tb = lm.tokens.token_bytes
-        parts = [HEAD.pack(CHUNK_VERSION, 0, r, n, w)]
-        payloads = []
-        for win, coder in zip(windows, coders):
-            words = np.ascontiguousarray(coder.get_compressed(), "<u4")
-            parts.append(WIN.pack(words.size, _xxh32(b"".join(tb[t] for t in win))))
-            payloads.append(words.tobytes())
-        return b"".join(parts + payloads)
+        streams = [np.ascontiguousarray(c.get_compressed(), "<u4") for c in coders]
+        if v1:
+            return b"".join([HEAD.pack(1, 0, r, n, w)]
+                            + [WIN.pack(st.size, _xxh32(b"".join(tb[t] for t in win)))
+                               for st, win in zip(streams, windows)]
+                            + [st.tobytes() for st in streams])
+        return b"".join([HEAD.pack(CHUNK_VERSION, 0, r, n, w)]
+                        + [U32.pack(s.size) for s in streams]
+                        + [U32.pack(_xxh32(b"".join(tb[t] for t in win))) for win in windows]
+                        + [s.tobytes() for s in streams])
 
     def decode(self, encoded, out: np.ndarray) -> np.ndarray:
         import constriction
@@ -392,9 +408,9 @@ class LLMArith(Codec):
         if len(buf) < HEAD.size:
             raise FormatError(f"llm chunk of {len(buf)} bytes is shorter than its {HEAD.size}-byte header")
         version, reserved, r, n, w = HEAD.unpack_from(buf, 0)
-        if version != CHUNK_VERSION or reserved:
+        if version not in (1, CHUNK_VERSION) or reserved:
             raise FormatError(f"llm chunk version {version} (reserved {reserved}) unsupported, expected "
-                              f"{CHUNK_VERSION}")
+                              f"1 or {CHUNK_VERSION}")
         if n == 0:
             if r or w or len(buf) != HEAD.size or out.size:
                 raise FormatError(f"llm chunk: empty token stream but {out.size} bytes expected")
@@ -403,37 +419,47 @@ class LLMArith(Codec):
             raise FormatError(f"llm chunk header is invalid: {n} tokens for {out.size} bytes, window {w} "
                               f"(max {self.max_window}), rows {r} (max {self.batch})")
         n_win = -(-n // w)
-        pos = HEAD.size + n_win * WIN.size
+        batches = [list(range(s, min(n_win, s + r))) for s in range(0, n_win, r)]
+        # version 1: per window (words, xxh32), one stream per window; version 2: per batch
+        # words, then per window xxh32, one stream per batch
+        n_streams = n_win if version == 1 else len(batches)
+        pos = HEAD.size + (n_win * WIN.size if version == 1 else (n_streams + n_win) * U32.size)
         if pos > len(buf):
-            raise FormatError(f"llm chunk: {n_win} window entries need {pos} bytes, chunk holds {len(buf)}")
-        entries = [WIN.unpack_from(buf, HEAD.size + k * WIN.size) for k in range(n_win)]
-        total = sum(e[0] for e in entries) * 4
+            raise FormatError(f"llm chunk: its tables of {n_win} windows need {pos} bytes, chunk holds {len(buf)}")
+        if version == 1:
+            table = [WIN.unpack_from(buf, HEAD.size + k * WIN.size) for k in range(n_win)]
+            words, sums = [e[0] for e in table], [e[1] for e in table]
+        else:
+            words = [U32.unpack_from(buf, HEAD.size + 4 * k)[0] for k in range(n_streams)]
+            sums = [U32.unpack_from(buf, HEAD.size + 4 * (n_streams + k))[0] for k in range(n_win)]
+        total = sum(words) * 4
         if pos + total != len(buf):
-            raise FormatError(f"llm chunk: windows announce {total} payload bytes, chunk holds {len(buf) - pos}")
+            raise FormatError(f"llm chunk: streams announce {total} payload bytes, chunk holds {len(buf) - pos}")
         # Model and fingerprint check before any decoding work.
         self._check_fitted()
         bundle = self._loaded()
         lm = bundle[1]
-        decoders, windows = [], []
-        for k, (words, _) in enumerate(entries):
-            arr = np.frombuffer(buf[pos:pos + 4 * words], "<u4").astype(np.uint32)
-            pos += 4 * words
-            decoders.append(constriction.stream.queue.RangeDecoder(arr))
-            windows.append(np.zeros(min(w, n - k * w), np.int64))
-        batches = [list(range(s, min(n_win, s + r))) for s in range(0, n_win, r)]
+        decoders = []
+        for nw in words:
+            decoders.append(constriction.stream.queue.RangeDecoder(
+                np.frombuffer(buf[pos:pos + 4 * nw], "<u4").astype(np.uint32)))
+            pos += 4 * nw
+        windows = [np.zeros(min(w, n - k * w), np.int64) for k in range(n_win)]
 
-        def one(b):
-            self._run_batch([windows[k] for k in b], r, max(len(windows[k]) for k in b),
-                            [decoders[k] for k in b], True, bundle)
+        def one(i):
+            b = batches[i]
+            coders = [decoders[k] for k in b] if version == 1 else [decoders[i]] * len(b)
+            self._run_batch([windows[k] for k in b], r, max(len(windows[k]) for k in b), coders, True,
+                            bundle)
 
         try:
-            self._pool_map(one, batches)
+            self._pool_map(one, list(range(len(batches))))
         except (ValueError, RuntimeError, OverflowError, AssertionError) as exc:
             # constriction raises AssertionError on words that are invalid for the model.
             raise FormatError(f"llm chunk: range decoder failed ({type(exc).__name__}: {exc})") from None
         tb, lengths = lm.tokens.token_bytes, lm.tokens.lengths
         o = 0
-        for k, (win, (_, csum)) in enumerate(zip(windows, entries)):
+        for k, (win, csum) in enumerate(zip(windows, sums)):
             size = int(lengths[win].sum())
             if o + size > out.size:
                 raise FormatError(f"llm chunk: window {k} decodes past the chunk's {out.size} bytes")
