@@ -44,12 +44,28 @@ def best_time(fn, repeat):
     return best, out
 
 
+class _Executor(ThreadPoolExecutor):
+    """A thread pool, or with one thread a plain loop in the caller (as the library runs with
+    workers=1; a pool would add a hand-off per chunk that ZipNN, called directly, does not pay)."""
+
+    def __init__(self, threads):
+        self.threads = threads
+        if threads > 1:
+            super().__init__(threads)
+
+    def map(self, fn, *its):
+        return super().map(fn, *its) if self.threads > 1 else map(fn, *its)
+
+    def __exit__(self, *exc):
+        return super().__exit__(*exc) if self.threads > 1 else False
+
+
 def run_codec(tensors, threads, repeat, level=None):
     """(ratio, compress s, decompress s) of codec's auto policy, chunks in a thread pool."""
     total = sum(b.size for _, b in tensors)
 
     def compress():
-        with ThreadPoolExecutor(threads) as ex:
+        with _Executor(threads) as ex:
             frames = []
             for dt, b in tensors:
                 c = choose_codec(dt, level).fit(ArraySource(b), dt)
@@ -73,7 +89,7 @@ def run_codec(tensors, threads, repeat, level=None):
         c.decode(e, o)
 
     def decompress():
-        with ThreadPoolExecutor(threads) as ex:
+        with _Executor(threads) as ex:
             jobs = []
             for (c, pieces, encs), os_ in zip(frames, outs):
                 for e, p, o in zip(encs, pieces, os_):

@@ -218,3 +218,30 @@ def test_payload_size_includes_segment_table():
         with pytest.raises(FormatError):
             c.decode(bad, out)
     assert isinstance(e, bytes) and bytes(c.encode_buffer(v.view(np.uint8))) == e
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_long_codes_and_corruption_in_fast_rounds(k):
+    # rare exponents get codes longer than the 12-bit lookup, scattered through a chunk big enough
+    # for the interleaved rounds: the packed kernel's canonical steps, tails and merge all run
+    rng = np.random.default_rng(k)
+    n = 60_000
+    v = weights(n, k)
+    rare = rng.integers(0, n, 400)
+    v[rare] = (rng.integers(0, 1 << 16, rare.size)).astype(np.uint16)
+    c = Exponent(mantissa_bits=k).fit(ArraySource(v.view(np.uint8)), "BF16")
+    assert c.lengths.max() > 12
+    e = c.encode(v.view(np.uint8))
+    out = np.empty(2 * n, np.uint8)
+    c.decode(e, out)
+    assert np.array_equal(out, v.view(np.uint8))
+    assert np.array_equal(ref.exponent_decode(e, c.get_config(), 2 * n), v.view(np.uint8))
+    for _ in range(30):     # corrupt exponent streams: FormatError or some output, never a crash
+        bad = bytearray(e)
+        for _ in range(int(rng.integers(1, 6))):
+            i = int(rng.integers(8, len(bad)))
+            bad[i] ^= 1 << int(rng.integers(0, 8))
+        try:
+            c.decode(bytes(bad), out)
+        except FormatError:
+            pass

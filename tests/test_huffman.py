@@ -186,3 +186,23 @@ def test_block_segment_table_corruption():
     out = np.empty(data.size, np.uint8)
     assert H._decode_block_nb(np.frombuffer(bytes(blk), np.uint8), out) == H.BLK_OK
     assert np.array_equal(out, data)
+
+
+@pytest.mark.parametrize("n", [5000, 200_000, 600_000])
+def test_block_packed_kernel_long_codes_and_corruption(n):
+    # geometric counts: codes up to 15 bits, longer than every table size, scattered through the
+    # block, so the packed kernel leaves its rounds for canonical steps in all 4 segments
+    rng = np.random.default_rng(n)
+    data = np.minimum(rng.geometric(0.45, n) - 1, 40).astype(np.uint8)
+    blk = np.frombuffer(H.encode_block(data), np.uint8)
+    assert H.unpack_lengths(blk[4:], "t")[0].max() > 12
+    out = np.empty(n, np.uint8)
+    assert H._decode_block_nb(blk, out) == H.BLK_OK
+    assert np.array_equal(out, data)
+    assert np.array_equal(H.decode_block(blk, np.empty(n, np.uint8)), data)
+    for _ in range(30):     # corrupt bitstreams: an error status or some output, never a crash
+        bad = blk.copy()
+        for _ in range(int(rng.integers(1, 6))):
+            i = int(rng.integers(4, bad.size))
+            bad[i] ^= np.uint8(1 << int(rng.integers(0, 8)))
+        H._decode_block_nb(bad, out)

@@ -65,6 +65,9 @@ from typing import Any
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from ..abc import Codec
 from ..errors import FormatError
@@ -95,70 +98,6 @@ def _hist15(v, hist):
     """Histogram of the low 15 bits (exponent + mantissa) of uint16 values."""
     for i in range(v.shape[0]):
         hist[v[i] & 0x7FFF] += 1
-
-
-def _make_groups(W):
-    SH = W - 1
-    LMASK = np.uint16((1 << SH) - 1)
-    SBIT = np.uint16(1 << SH)
-    FMASK = np.uint64((1 << W) - 1)
-    BLOCK = 512       # groups per round: expand their fields into a small byte buffer, then merge
-
-    @nb.njit(nogil=True, cache=True)
-    def groups(v16, buf, roff, ngroups):
-        # 8 values take exactly W bytes: one big-endian W-byte word, 8 fields. Groups whose
-        # 8-byte load stays inside buf use one unaligned load; the caller does the rest.
-        nfast = min(ngroups, (buf.shape[0] - roff - 8) // W + 1) if buf.shape[0] - roff >= 8 else 0
-        tmp = np.empty(8 * BLOCK, np.uint8)
-        for g0 in range(0, nfast, BLOCK):
-            g1 = min(nfast, g0 + BLOCK)
-            t = 0
-            for g in range(g0, g1):     # pass 1: fields -> bytes
-                q = huffman._load_be64(buf, roff + g * W) >> np.uint64(64 - 8 * W)
-                for j in range(8):
-                    tmp[t + j] = np.uint8((q >> np.uint64(W * (7 - j))) & FMASK)
-                t += 8
-            vv = v16[8 * g0:8 * g1]
-            for i in range(vv.shape[0]):   # pass 2: the byte-remainder merge (vectorizes)
-                r = np.uint16(tmp[i])
-                vv[i] = ((r & SBIT) << np.uint16(15 - SH)) | (vv[i] << np.uint16(SH)) | (r & LMASK)
-        return nfast
-    return groups
-
-
-_groups7 = _make_groups(7)
-_groups6 = _make_groups(6)
-_groups5 = _make_groups(5)
-
-
-@nb.njit(nogil=True, cache=True)
-def _merge16(v16, buf, roff, R, k):
-    """In place: v16 holds the symbols; OR in the remainders (buf[roff:roff+R]) to give BF16 values."""
-    rem = buf[roff:roff + R]
-    n = v16.shape[0]
-    w = 8 - k
-    sh = 7 - k
-    lmask = (1 << sh) - 1
-    if w == 8:
-        for i in range(n):
-            r = np.uint16(rem[i])
-            v16[i] = ((r & np.uint16(128)) << np.uint16(8)) | (v16[i] << np.uint16(7)) | (r & np.uint16(127))
-        return
-    ngroups = n // 8
-    if w == 7:
-        done = _groups7(v16, buf, roff, ngroups)
-    elif w == 6:
-        done = _groups6(v16, buf, roff, ngroups)
-    else:
-        done = _groups5(v16, buf, roff, ngroups)
-    for i in range(8 * done, n):
-        bit = i * w
-        byte = bit >> 3
-        two = np.int64(rem[byte]) << 8
-        if byte + 1 < rem.shape[0]:
-            two |= np.int64(rem[byte + 1])
-        r = (two >> (16 - w - (bit & 7))) & ((1 << w) - 1)
-        v16[i] = np.uint16(((r >> sh) << 15) | (np.int64(v16[i]) << sh) | (r & lmask))
 
 
 @nb.njit(nogil=True, cache=True)
@@ -249,10 +188,138 @@ def _encode_chunk(b, k, lengths, codes, out_status):
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# decoding: symbols already in place, then the remainders merged in
+# ---------------------------------------------------------------------------------------------
+# The Huffman pass (huffman's packed kernels) writes every value as symbol << (7 - k), the exact
+# bits it has in the BF16 value, plus garbage in the low 7 - k bits, where the packed table keeps
+# its lookup fields. The merge pass masks those bits and ORs in sign and low mantissa bits, 32
+# values per vector step.
+LUT_BITS = huffman.LUT_BITS
+
+
+def packed_table(dec: huffman.Decoder, k: int) -> np.ndarray:
+    """The packed table of a LUT_BITS decoder of an exponent code with k mantissa bits (cached)."""
+    if dec.lut_bits != LUT_BITS or dec.lengths.size > (256 << k):
+        raise ValueError("packed tables need LUT_BITS-bit lookups and an alphabet of 256 << k symbols")
+    lut = dec.extra.get(("exponent", k))
+    if lut is None:
+        lut = np.empty(1 << LUT_BITS, np.uint64)
+        huffman._build_packed16(dec.lut_sym, dec.lut_info, 7 - k, lut)
+        dec.extra[("exponent", k)] = lut
+    return lut
+
+
+def _make_merge(W, G):
+    """Intrinsic merge(buf, q, v16, i): OR the 8 * G W-bit remainders packed MSB-first at
+    buf[q:q + W * G] into v16[i:i + 8 * G], which hold their symbols shifted into place and garbage
+    in the low W - 1 bits (as huffman's packed kernels leave them). It loads `merge.load` bytes at
+    q (the caller keeps them inside buf).
+
+    Vector code: one byte shuffle gives each value the big-endian 16-bit window holding its field,
+    one per-lane shift aligns the fields; LLVM lowers it to the host's SIMD (pshufb, vpsrlvw...).
+    """
+    m = 8 * G                                   # values per call
+    sh = W - 1                                  # low mantissa bits per value
+    first = [(W * j) >> 3 for j in range(m)]    # byte holding the field's first bit
+    shuffle = [x for j in range(m) for x in (first[j] + 1, first[j])]   # little-endian lanes
+    shifts = [16 - W - ((W * j) & 7) for j in range(m)]
+    symmask = ((1 << (16 - W)) - 1) << sh       # exponent (+ top mantissa) bits of the value
+    load = 8
+    while load < first[-1] + 2:
+        load *= 2
+    i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+    vload, vval = ir.VectorType(i8, load), ir.VectorType(i16, m)
+
+    def splat(x):
+        return ir.Constant(vval, [x] * m)
+
+    @intrinsic
+    def merge(typingctx, buf, q, v16, i):
+        if not (isinstance(buf, types.Array) and buf.dtype == types.uint8 and isinstance(q, types.Integer)
+                and isinstance(v16, types.Array) and v16.dtype == types.uint16
+                and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            b = context.make_array(signature.args[0])(context, builder, args[0])
+            v = context.make_array(signature.args[2])(context, builder, args[2])
+            qq = context.cast(builder, args[1], signature.args[1], types.intp)
+            ii = context.cast(builder, args[3], signature.args[3], types.intp)
+            x = builder.load(builder.bitcast(builder.gep(b.data, [qq]), vload.as_pointer()), align=1)
+            y = builder.shuffle_vector(x, ir.Constant(vload, None),
+                                       ir.Constant(ir.VectorType(i32, 2 * m), shuffle))
+            r = builder.and_(builder.lshr(builder.bitcast(y, vval), ir.Constant(vval, shifts)),
+                             splat((1 << W) - 1))
+            rem = builder.or_(builder.shl(builder.lshr(r, splat(sh)), splat(15)),     # sign -> bit 15
+                              builder.and_(r, splat((1 << sh) - 1)))
+            vp = builder.bitcast(builder.gep(v.data, [ii]), vval.as_pointer())
+            old = builder.load(vp, align=2)
+            builder.store(builder.or_(builder.and_(old, splat(symmask)), rem), vp, align=2)
+            return context.get_dummy_value()
+        return types.void(buf, q, v16, i), codegen
+    merge.load = load
+    return merge
+
+
+MERGE_GROUPS = 4     # groups of 8 values per wide merge step (32 values: one 512-bit vector)
+_merge7, _merge6, _merge5 = (_make_merge(W, 1) for W in (7, 6, 5))
+_mergew7, _mergew6, _mergew5 = (_make_merge(W, MERGE_GROUPS) for W in (7, 6, 5))
+_WIDE_LOAD = max(m.load for m in (_mergew7, _mergew6, _mergew5))
+
+
 @nb.njit(nogil=True, cache=True)
-def _decode_chunk(buf, n, nbits, E, R, k, v16, lut_sym, lut_info, sorted_syms, first_code, first_index,
-                  len_count, max_len):
-    """Decode a chunk payload (sizes checked by the caller) into the uint16 values v16."""
+def _merge_range(v16, buf, roff, R, k, i0, i1):
+    """v16[i0:i1] hold symbol << (7 - k) plus garbage low bits: OR in their remainders (stream at
+    buf[roff:roff + R]) to give BF16 values. i0 must be a multiple of 8."""
+    w = 8 - k
+    sh = 7 - k
+    lmask = np.uint16((1 << sh) - 1)
+    smask = np.uint16(0x7FFF) & ~lmask
+    if w == 8:      # a byte per value; slices keep the loop free of index checks (it vectorizes)
+        rem = buf[roff + i0:roff + i1]
+        vv = v16[i0:i1]
+        for i in range(min(rem.shape[0], vv.shape[0])):
+            r = np.uint16(rem[i])
+            vv[i] = ((r & np.uint16(128)) << np.uint16(8)) | (vv[i] & smask) | (r & np.uint16(127))
+        return
+    # whole groups of 8 values (w bytes) whose loads stay inside buf: vector code, MERGE_GROUPS
+    # groups a step, then one at a time
+    g0 = i0 >> 3
+    nwide = (buf.shape[0] - roff - _WIDE_LOAD) // w + 1 - g0     # groups from g0 a wide load may start at
+    gw = g0 + max(0, min((i1 >> 3) - g0, nwide)) // MERGE_GROUPS * MERGE_GROUPS
+    g1 = max(gw, min(i1 >> 3, (buf.shape[0] - roff - 8) // w + 1))
+    if w == 7:
+        for g in range(g0, gw, MERGE_GROUPS):
+            _mergew7(buf, roff + 7 * g, v16, 8 * g)
+        for g in range(gw, g1):
+            _merge7(buf, roff + 7 * g, v16, 8 * g)
+    elif w == 6:
+        for g in range(g0, gw, MERGE_GROUPS):
+            _mergew6(buf, roff + 6 * g, v16, 8 * g)
+        for g in range(gw, g1):
+            _merge6(buf, roff + 6 * g, v16, 8 * g)
+    else:
+        for g in range(g0, gw, MERGE_GROUPS):
+            _mergew5(buf, roff + 5 * g, v16, 8 * g)
+        for g in range(gw, g1):
+            _merge5(buf, roff + 5 * g, v16, 8 * g)
+    end = roff + R
+    for i in range(8 * g1, i1):
+        bit = i * w
+        byte = roff + (bit >> 3)
+        two = np.int64(buf[byte]) << 8
+        if byte + 1 < end:
+            two |= np.int64(buf[byte + 1])
+        r = (two >> (16 - w - (bit & 7))) & ((1 << w) - 1)
+        v16[i] = np.uint16(((r >> sh) << 15) | (np.int64(v16[i]) & np.int64(smask)) | (r & np.int64(lmask)))
+
+
+@nb.njit(nogil=True, cache=True)
+def _decode_chunk(buf, n, nbits, E, R, k, v16, packed, lut_sym, lut_info, sorted_syms, first_code,
+                  first_index, len_count, max_len):
+    """Decode a chunk payload (sizes checked by the caller) into the uint16 values v16; `packed` is
+    packed_table(decoder, k), the other tables the decoder's uint16 ones."""
     seg_bits = np.empty(NSEG + 1, np.int64)
     seg_out = np.empty(NSEG + 1, np.int64)
     t = HEADER + E + R
@@ -266,12 +333,16 @@ def _decode_chunk(buf, n, nbits, E, R, k, v16, lut_sym, lut_info, sorted_syms, f
             | (np.int64(buf[q + 3]) << 24)
         if seg_bits[j] > nbits:
             return huffman.ERR_SEGMENTS
-    st = huffman._decode_segments(buf[HEADER:HEADER + E], seg_bits, seg_out, v16, lut_sym, lut_info,
-                                  sorted_syms, first_code, first_index, len_count, max_len)
-    if st != huffman.OK:
-        return st
-    _merge16(v16, buf, HEADER + E, R, k)
-    return huffman.OK
+    src = buf[HEADER:HEADER + E]
+    if k <= 1:      # the packed entries' bits 4-5 are free
+        st = huffman._decode_packed16_u63(src, seg_bits, seg_out, v16, packed, 7 - k, lut_sym, lut_info,
+                                          sorted_syms, first_code, first_index, len_count, max_len)
+    else:
+        st = huffman._decode_packed16_u15(src, seg_bits, seg_out, v16, packed, 7 - k, lut_sym, lut_info,
+                                          sorted_syms, first_code, first_index, len_count, max_len)
+    if st == huffman.OK:
+        _merge_range(v16, buf, HEADER + E, R, k, 0, n)
+    return st
 
 
 @nb.njit(nogil=True, cache=True)
@@ -454,7 +525,7 @@ class Exponent(Codec):
     def _parse(self, buf: np.ndarray, n_expected: int | None, what: str):
         if buf.size < HEADER:
             raise FormatError(f"{what}: payload of {buf.size} bytes is shorter than the 8-byte header")
-        n, nbits = (int(x) for x in buf[:8].view("<u4"))
+        n, nbits = struct.unpack_from("<II", buf)
         if n_expected is not None and n != n_expected:
             raise FormatError(f"{what}: holds {n} values, expected {n_expected}")
         E, R = stream_sizes(n, nbits, self.mantissa_bits)
@@ -476,8 +547,10 @@ class Exponent(Codec):
         dec = self._decoder
         if dec is None:
             dec = self._decoder = huffman.get_decoder(self.lengths, self.max_code_len)
-        v16 = out.view("<u2") if out.flags.c_contiguous and out.flags.aligned else np.empty(n, np.uint16)
-        st = _decode_chunk(buf, n, nbits, E, R, self.mantissa_bits, v16, *dec.tables(v16))
+        flags = out.flags
+        v16 = out.view("<u2") if flags.c_contiguous and flags.aligned else np.empty(n, np.uint16)
+        k = self.mantissa_bits
+        st = _decode_chunk(buf, n, nbits, E, R, k, v16, packed_table(dec, k), *dec.tables(v16))
         if st != huffman.OK:
             raise FormatError(f"{what} exponent stream is corrupt: {huffman._STATUS_TEXT.get(st, st)}")
         if v16.base is None:

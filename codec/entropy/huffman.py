@@ -20,7 +20,10 @@ known code boundaries (bit offset + symbol index); `Decoder.decode_segments` the
 interleaved (huff0 style), which hides the latency of the lookup chain. The fast loops run a
 precomputed number of lookups for which every load stays inside the stream and every store inside
 the segment's own outputs; the rest is decoded with bounds-checked loads, and every segment must
-end exactly at the next one's first bit. Every step consumes at least one bit and emits at least
+end exactly at the next one's first bit. The hot decoders (Huffman blocks, the exponent codec) use
+packed tables instead: one 8-byte entry per lookup holding symbols, bits used and count (one table
+load, not two), and readers that load 8 bytes once per 4 lookups and shift the bits out of a
+register (see `_make_packed_kernel`). Every step consumes at least one bit and emits at least
 one symbol, so decoding is bounded by the output size. Kernels report an error status instead of
 reading or writing out of bounds; the Python wrappers raise `FormatError`. All kernels are `nogil`
 so chunks decode in parallel threads.
@@ -32,7 +35,7 @@ import threading
 import numba as nb
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ..errors import FormatError
@@ -380,6 +383,49 @@ def _store4(typingctx, arr, idx, val):
     return types.void(arr, idx, val), codegen
 
 
+# Raw addresses for the packed kernels' hot loops: a pointer per reader and per output instead of
+# base + index keeps all 4 readers in registers (x86-64 has 15 to spare). The kernels bound every
+# access before the loop, as with the indexed loads.
+@intrinsic
+def _addr(typingctx, arr):
+    """Address of arr's first element (uintp)."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(ary.data, ir.IntType(64))
+    return types.uint64(arr), codegen
+
+
+@intrinsic
+def _load_be64_at(typingctx, addr):
+    """Unaligned big-endian 64-bit load at a raw address (no bounds check)."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        v = builder.load(ptr, align=1)
+        bswap = builder.module.declare_intrinsic("llvm.bswap", [ir.IntType(64)])
+        return builder.call(bswap, [v])
+    return types.uint64(addr), codegen
+
+
+@intrinsic
+def _ctz64(typingctx, x):
+    """Trailing zero bits of a nonzero uint64."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = context.cast(builder, args[0], signature.args[0], types.uint64)
+        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64), ir.IntType(1)])
+        f = cgutils.get_or_insert_function(builder.module, fnty, "llvm.cttz.i64")
+        return builder.call(f, [v, ir.Constant(ir.IntType(1), 1)])
+    return types.uint64(x), codegen
+
+
 @nb.njit(nogil=True, cache=True)
 def _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
                    first_index, len_count):
@@ -455,6 +501,7 @@ class Decoder:
         self.first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
         self.first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
         self.len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
+        self.extra: dict = {}     # derived tables (exponent.packed_table), built on first use
         _build_decoder(self.lengths, lut_bits, self.lut_sym, self.lut_sym8, self.lut_info,
                        self.sorted_syms, self.first_code, self.first_index, self.len_count)
 
@@ -742,6 +789,231 @@ def _decode_segments(src, seg_bits, seg_out, out, lut_sym, lut_info, sorted_syms
     return OK
 
 
+# Packed tables: one uint64 per LUT index holds all a fast lookup needs, so a lookup does one
+# table load (lut_sym + lut_info take two). Bits 0-3: the bits the entry's codes use (0 = slow
+# path: the first code is longer than the table or matches nothing).
+# - uint8 outputs (_build_packed8): bits 8-11 the count, bits 32-63 the symbols (byte j at 32 + 8j).
+# - uint16 outputs whose symbols leave the low `shift` >= 4 bits of their lane free (exponent
+#   symbols shifted into place, _build_packed16): lane j (bits 16j..16j+15) holds symbol j << shift,
+#   lane 1's low 4 bits the bytes the symbols fill (2 * count); the caller masks the low `shift`
+#   bits of every output.
+# Bits 4-5 are 0 except for uint16 entries with shift < 6.
+@nb.njit(nogil=True, cache=True)
+def _build_packed16(lut_sym, lut_info, shift, packed):
+    for i in range(lut_info.shape[0]):
+        info = np.int64(lut_info[i])
+        nsym = (info >> 8) & 15
+        e = np.uint64(0)
+        if nsym > 0:
+            for j in range(nsym):
+                sym = (lut_sym[i] >> np.uint64(16 * j)) & np.uint64(0xFFFF)
+                e |= (sym << np.uint64(shift)) << np.uint64(16 * j)
+            e |= np.uint64(info & 15) | (np.uint64(2 * nsym) << np.uint64(16))
+        packed[i] = e
+
+
+@nb.njit(nogil=True, cache=True)
+def _build_packed8(lut_sym8, lut_info, packed):
+    for i in range(lut_info.shape[0]):
+        info = np.int64(lut_info[i])
+        nsym = (info >> 8) & 15
+        e = np.uint64(0)
+        if nsym > 0:
+            e = (lut_sym8[i] << np.uint64(32)) | np.uint64(info & 15) | (np.uint64(nsym) << np.uint64(8))
+        packed[i] = e
+
+
+@intrinsic
+def _store_lanes(typingctx, addr, e, itemsize):
+    """Store a packed entry's 4 output lanes at a raw address: all 8 bytes for uint16 outputs, the
+    high 4 bytes for uint8 ones (itemsize: a compile-time constant; no bounds check)."""
+    if not (isinstance(addr, types.Integer) and isinstance(e, types.Integer)
+            and isinstance(itemsize, types.IntegerLiteral)):
+        return None
+    size = itemsize.literal_value
+
+    def codegen(context, builder, signature, args):
+        v = context.cast(builder, args[1], signature.args[1], types.uint64)
+        if size == 1:
+            v = builder.trunc(builder.lshr(v, ir.Constant(ir.IntType(64), 32)), ir.IntType(32))
+        ptr = builder.inttoptr(args[0], v.type.as_pointer())
+        builder.store(v, ptr, align=1)
+        return context.get_dummy_value()
+    return types.void(addr, e, itemsize), codegen
+
+
+@nb.njit(nogil=True, cache=True)
+def _shift_range(out, lo, hi, shift):
+    if shift:
+        for i in range(lo, hi):
+            out[i] = out[i] << shift
+
+
+def _make_packed_kernel(itemsize, umask):
+    """A 4-segment _decode_segments for packed tables (above), outputs of `itemsize` bytes (1: uint8,
+    2: uint16). umask = 63 where the entries' bits 4-5 are 0: the buffer shift then takes the entry
+    as it is (x86 masks shift counts to 6 bits); else 15."""
+
+    @nb.njit(nogil=True, cache=True)
+    def decode_packed(src, seg_bits, seg_out, out, packed, shift, lut_sym, lut_info, sorted_syms,
+                      first_code, first_index, len_count, max_len):
+        """Decode the 4 segments of one stream interleaved into out (see Decoder.decode_segments);
+        uint16 outputs get symbol << shift plus garbage in the low `shift` bits, uint8 ones the
+        symbol (shift 0). lut_sym/lut_info are the decoder's generic tables (for the tails).
+        Returns a status.
+
+        Rounds of 4 lookups per segment run while every segment has room for a round; a code
+        longer than the table leaves them for one canonical step; then each segment finishes
+        alone with bounds-checked loads (_seg_finish) and must end exactly at its end bit.
+        """
+        nbytes = src.shape[0]
+        n = out.shape[0]
+        lut_bits = _log2(packed.shape[0])
+        if seg_bits.shape[0] != 5 or seg_out.shape[0] != 5 or seg_bits[0] != 0 or seg_out[0] != 0 \
+                or seg_out[4] != n or seg_bits[4] > 8 * nbytes or packed.shape[0] != (1 << lut_bits) \
+                or src.strides[0] != 1 or out.strides[0] != itemsize:
+            return ERR_SEGMENTS
+        for j in range(4):
+            if seg_bits[j + 1] < seg_bits[j] or seg_out[j + 1] < seg_out[j]:
+                return ERR_SEGMENTS
+        lim = 8 * (nbytes - 8)          # a full 8-byte load at bit pos needs pos <= lim
+        sh = np.uint64(64 - lut_bits)
+        one = np.uint64(1)
+        m7 = np.uint64(7)
+        m15 = np.uint64(15)
+        mu = np.uint64(umask)
+        s3 = np.uint64(3)
+        adv = np.uint64(16 if itemsize == 2 else 8)     # the entry's byte count field
+        size = np.uint64(itemsize)
+        pos0, pos1, pos2, pos3 = seg_bits[0], seg_bits[1], seg_bits[2], seg_bits[3]
+        o0, o1, o2, o3 = seg_out[0], seg_out[1], seg_out[2], seg_out[3]
+        e0, e1, e2, e3 = seg_out[1], seg_out[2], seg_out[3], seg_out[4]
+        sb = _addr(src)
+        ob = _addr(out)
+        while True:
+            # a round writes <= 16 outputs per segment (4 stores of 4 lanes) and consumes
+            # <= 4 * lut_bits bits
+            safe = min(min((e0 - o0) >> 4, (e1 - o1) >> 4), min((e2 - o2) >> 4, (e3 - o3) >> 4))
+            safe = min(safe, (lim - max(max(pos0, pos1), max(pos2, pos3))) // (4 * lut_bits))
+            if safe <= 0:
+                break
+            # readers: a byte pointer and a bit buffer ending in a marker bit, so the bits used are
+            # its trailing zeros (no position update per lookup); outputs: byte pointers. Raw
+            # addresses keep all 4 readers in registers; `safe` bounds every access.
+            p0 = sb + np.uint64(pos0 >> 3)
+            p1 = sb + np.uint64(pos1 >> 3)
+            p2 = sb + np.uint64(pos2 >> 3)
+            p3 = sb + np.uint64(pos3 >> 3)
+            b0 = (_load_be64_at(p0) | one) << np.uint64(pos0 & 7)
+            b1 = (_load_be64_at(p1) | one) << np.uint64(pos1 & 7)
+            b2 = (_load_be64_at(p2) | one) << np.uint64(pos2 & 7)
+            b3 = (_load_be64_at(p3) | one) << np.uint64(pos3 & 7)
+            w0 = ob + size * np.uint64(o0)
+            w1 = ob + size * np.uint64(o1)
+            w2 = ob + size * np.uint64(o2)
+            w3 = ob + size * np.uint64(o3)
+            slow = -1
+            for _ in range(safe):
+                # 4 lookups per reader use <= 48 of the >= 56 bits its buffer holds (the marker
+                # sits below them); then each reader moves on by its whole bytes used and reloads
+                for _r in range(4):
+                    e = packed[b0 >> sh]
+                    if e & m15 == 0:
+                        slow = 0
+                        break
+                    _store_lanes(w0, e, itemsize)
+                    b0 <<= e & mu
+                    w0 += (e >> adv) & m15
+                    e = packed[b1 >> sh]
+                    if e & m15 == 0:
+                        slow = 1
+                        break
+                    _store_lanes(w1, e, itemsize)
+                    b1 <<= e & mu
+                    w1 += (e >> adv) & m15
+                    e = packed[b2 >> sh]
+                    if e & m15 == 0:
+                        slow = 2
+                        break
+                    _store_lanes(w2, e, itemsize)
+                    b2 <<= e & mu
+                    w2 += (e >> adv) & m15
+                    e = packed[b3 >> sh]
+                    if e & m15 == 0:
+                        slow = 3
+                        break
+                    _store_lanes(w3, e, itemsize)
+                    b3 <<= e & mu
+                    w3 += (e >> adv) & m15
+                if slow >= 0:
+                    break
+                t0 = _ctz64(b0)
+                t1 = _ctz64(b1)
+                t2 = _ctz64(b2)
+                t3 = _ctz64(b3)
+                p0 += t0 >> s3
+                p1 += t1 >> s3
+                p2 += t2 >> s3
+                p3 += t3 >> s3
+                b0 = (_load_be64_at(p0) | one) << (t0 & m7)
+                b1 = (_load_be64_at(p1) | one) << (t1 & m7)
+                b2 = (_load_be64_at(p2) | one) << (t2 & m7)
+                b3 = (_load_be64_at(p3) | one) << (t3 & m7)
+            pos0 = np.int64(np.uint64(8) * (p0 - sb) + _ctz64(b0))
+            pos1 = np.int64(np.uint64(8) * (p1 - sb) + _ctz64(b1))
+            pos2 = np.int64(np.uint64(8) * (p2 - sb) + _ctz64(b2))
+            pos3 = np.int64(np.uint64(8) * (p3 - sb) + _ctz64(b3))
+            o0 = np.int64((w0 - ob) // size)
+            o1 = np.int64((w1 - ob) // size)
+            o2 = np.int64((w2 - ob) // size)
+            o3 = np.int64((w3 - ob) // size)
+            # a code longer than the table (rare): one canonical step, its symbol shifted into place
+            st = OK
+            if slow == 0:
+                pos0, o0, st = _slow_step(src, pos0, o0, out, sorted_syms, first_code, first_index,
+                                          len_count, max_len, lut_bits)
+                _shift_range(out, o0 - 1, o0, shift)
+            elif slow == 1:
+                pos1, o1, st = _slow_step(src, pos1, o1, out, sorted_syms, first_code, first_index,
+                                          len_count, max_len, lut_bits)
+                _shift_range(out, o1 - 1, o1, shift)
+            elif slow == 2:
+                pos2, o2, st = _slow_step(src, pos2, o2, out, sorted_syms, first_code, first_index,
+                                          len_count, max_len, lut_bits)
+                _shift_range(out, o2 - 1, o2, shift)
+            elif slow == 3:
+                pos3, o3, st = _slow_step(src, pos3, o3, out, sorted_syms, first_code, first_index,
+                                          len_count, max_len, lut_bits)
+                _shift_range(out, o3 - 1, o3, shift)
+            if st != OK:
+                return st
+        # the tails: generic bounds-checked decoding (unshifted symbols), then shifted into place
+        st = _seg_finish(src, pos0, o0, e0, seg_bits[1], out, lut_sym, lut_info, sorted_syms,
+                         first_code, first_index, len_count, max_len)
+        if st == OK:
+            st = _seg_finish(src, pos1, o1, e1, seg_bits[2], out, lut_sym, lut_info, sorted_syms,
+                             first_code, first_index, len_count, max_len)
+        if st == OK:
+            st = _seg_finish(src, pos2, o2, e2, seg_bits[3], out, lut_sym, lut_info, sorted_syms,
+                             first_code, first_index, len_count, max_len)
+        if st == OK:
+            st = _seg_finish(src, pos3, o3, e3, seg_bits[4], out, lut_sym, lut_info, sorted_syms,
+                             first_code, first_index, len_count, max_len)
+        if st != OK:
+            return st
+        _shift_range(out, o0, e0, shift)
+        _shift_range(out, o1, e1, shift)
+        _shift_range(out, o2, e2, shift)
+        _shift_range(out, o3, e3, shift)
+        return OK
+    return decode_packed
+
+
+_decode_packed16_u63 = _make_packed_kernel(2, 63)   # exponent codes, shift >= 6
+_decode_packed16_u15 = _make_packed_kernel(2, 15)   # exponent codes, shift 4 or 5
+_decode_packed8 = _make_packed_kernel(1, 63)        # byte alphabets (decode_block)
+
+
 def decode(stream, nbits: int, n: int, lengths, max_len: int, out=None, what: str = "Huffman stream"):
     """Decode n symbols from an MSB-first Huffman bitstream of exactly nbits bits."""
     stream = np.frombuffer(stream, np.uint8) if not isinstance(stream, np.ndarray) else stream
@@ -966,5 +1238,7 @@ def _decode_block_nb(buf, out):
         q = head - BLOCK_TRAILER + 4 * (j - 1)
         seg_bits[j] = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16) \
             | (np.int64(buf[q + 3]) << 24)
-    return _decode_segments(buf[head:], seg_bits, seg_out, out, lut_sym8, lut_info, sorted_syms,
-                            first_code, first_index, len_count, BLOCK_MAX_LEN)
+    packed = np.empty(1 << lut_bits, np.uint64)
+    _build_packed8(lut_sym8, lut_info, packed)
+    return _decode_packed8(buf[head:], seg_bits, seg_out, out, packed, 0, lut_sym8, lut_info, sorted_syms,
+                           first_code, first_index, len_count, BLOCK_MAX_LEN)
