@@ -32,7 +32,8 @@ EVAL_PATH = "lean-llama-1"
 def _rope_theta(cfg: dict) -> tuple[float | None, str]:
     params = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or {}
-    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    kinds = {params.get("rope_type"), scaling.get("rope_type"), scaling.get("type")} - {None, "default"}
+    kind = ",".join(sorted(kinds)) if kinds else "default"     # any scaling: not the plain path
     theta = params.get("rope_theta", cfg.get("rope_theta"))
     return (float(theta) if theta is not None else None), kind
 
@@ -50,6 +51,10 @@ def unsupported(cfg: dict) -> str | None:
         return f"RoPE type {kind!r}"
     if cfg.get("pretraining_tp", 1) != 1:
         return "pretraining_tp != 1"
+    heads = cfg.get("num_attention_heads")
+    kv = cfg.get("num_key_value_heads") or heads
+    if not (isinstance(heads, int) and isinstance(kv, int) and heads > 0 and kv > 0 and heads % kv == 0):
+        return f"attention heads {heads!r} / key-value heads {kv!r}"
     return None
 
 
@@ -142,8 +147,9 @@ class Session:
         self.m = m
         self.rows = rows
         shape = (m.n_layers, rows, m.n_kv, length, m.head_dim)
-        self.k = torch.zeros(shape, dtype=torch.float32)
-        self.v = torch.zeros(shape, dtype=torch.float32)
+        # uninitialised: step t reads positions 0..t only, all written before
+        self.k = torch.empty(shape, dtype=torch.float32)
+        self.v = torch.empty(shape, dtype=torch.float32)
         pos = torch.arange(length, dtype=torch.float32)[:, None] * m.inv_freq[None, :]
         emb = torch.cat([pos, pos], dim=-1)
         self.cos, self.sin = emb.cos(), emb.sin()

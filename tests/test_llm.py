@@ -34,7 +34,7 @@ TEXT = (b"The quick brown fox jumps over the lazy dog. Hello world, hello codec!
         b"the lazy dog sleeps; the quick fox runs.\n")
 
 
-def build_tiny(folder: Path, seed: int) -> Path:
+def build_tiny(folder: Path, seed: int, tied: bool = True) -> Path:
     """A 2-layer Llama (hidden 32) with a byte-level BPE tokenizer of ~300 tokens."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -52,7 +52,7 @@ def build_tiny(folder: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=256, tie_word_embeddings=True)
+                      max_position_embeddings=256, tie_word_embeddings=tied)
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
@@ -316,11 +316,14 @@ def test_bad_configs():
 # ----------------------------------------------------------------------------------------
 # Evaluation paths: lean (default for Llama models) and transformers
 # ----------------------------------------------------------------------------------------
-def test_lean_path_is_default_and_matches_transformers(tiny):
+@pytest.mark.parametrize("tied", [True, False])
+def test_lean_path_is_default_and_matches_transformers(tiny, tmp_path, tied):
     import torch
 
     from codec import llm_model
 
+    if not tied:                             # a separate LM head
+        tiny = build_tiny(tmp_path / "untied", seed=3, tied=False)
     assert fitted(tiny).eval_path == "lean-llama-1"
     hf = llm_model.load(str(tiny), dtype="float32").model
     lean = llm_model.load(str(tiny), dtype="float32", lean=True).lean
@@ -362,6 +365,22 @@ def test_chunk_version_1_still_decodes(tiny):
     c._write_version = 2
     v2 = c.encode(np.frombuffer(data, np.uint8))
     assert v2[0] == 2 and len(v2) < len(v1)      # shared streams drop a flush and a count per window
+
+
+def test_lean_path_refuses_other_architectures(tiny, tmp_path):
+    from codec import llm_lean
+
+    base = json.loads((Path(tiny) / "config.json").read_text())
+    assert llm_lean.unsupported(base) is None
+    for change in ({"model_type": "gpt2"}, {"hidden_act": "gelu"}, {"attention_bias": True},
+                   {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, {"num_key_value_heads": 3}):
+        assert llm_lean.unsupported({**base, **change}), change
+    folder = tmp_path / "other-arch"
+    shutil.copytree(tiny, folder)
+    (folder / "config.json").write_text(json.dumps({**base, "hidden_act": "gelu_new"}))
+    c = fitted(folder)                        # falls back to the transformers path
+    assert c.eval_path == "hf-kv-lockstep-1"
+    chunk_roundtrip(c, TEXT)
 
 
 def test_tokenizer_read_directly_equals_transformers(tiny):
