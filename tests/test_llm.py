@@ -467,3 +467,36 @@ def test_smollm2_longer_text_bits(smollm2):
     assert codec.decompress(frame).tobytes() == data
     c = parse_frame(frame)
     assert 8 * int(c.index["size"][0]) / len(data) < 1.3
+
+
+def _quantize_plain(logits, n_symbols, precision):
+    """Rule freq-v1 written out step by step (the form documented in llm_arith)."""
+    import torch
+
+    z = logits.to(torch.float64)
+    z = z - z.max(dim=-1, keepdim=True).values
+    e = torch.exp(z)
+    free = (1 << precision) - n_symbols
+    w = torch.floor(e * (free / e.sum(dim=-1, keepdim=True))).to(torch.int64)
+    w[torch.arange(w.shape[0]), torch.argmax(w, dim=-1)] += free - w.sum(dim=-1)
+    out = np.zeros((w.shape[0], n_symbols), np.float64)
+    out[:, :w.shape[1]] = w.numpy()
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_quantize_equals_plain_rule(dtype):
+    import torch
+
+    from codec.entropy.llm_arith import quantize
+
+    g = torch.Generator().manual_seed(7)
+    logits = (torch.randn(6, 5000, generator=g) * 6).to(getattr(torch, dtype))
+    logits[1] = 0.0                                  # all tied: the first maximum takes the rest
+    logits[2, 10] = logits[2, 20] = 1000.0           # two equal peaks
+    before = logits.clone()
+    got = quantize(logits, 5021, 24)
+    assert torch.equal(logits, before)               # the caller's logits are left alone
+    want = _quantize_plain(logits, 5021, 24)
+    assert got.tobytes() == want.tobytes()
+    assert (got.sum(axis=1) == (1 << 24) - 5021).all() and (got[:, 5000:] == 0).all()

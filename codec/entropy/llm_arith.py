@@ -124,20 +124,26 @@ def plan(n_tokens: int, batch: int, lanes: int, min_window: int, max_window: int
 def quantize(logits, n_symbols: int, precision: int):
     """Rule `freq-v1`: float logits [R, V] -> float64 numpy [R, A] of the free weights w_i.
 
-    The coder's frequencies are `w + 1` (every symbol >= 1, sum exactly 2^precision).
+    The coder's frequencies are `w + 1` (every symbol >= 1, sum exactly 2^precision). The weights
+    are whole numbers kept in float64 (exact below 2^53), computed in place: one [R, V] buffer
+    instead of one per operation (`tests/test_llm.py` holds this to the plain formulation).
     """
     import torch
 
     z = logits.to(torch.float64)
-    z = z - z.max(dim=-1, keepdim=True).values
-    e = torch.exp(z)
+    if z.data_ptr() == logits.data_ptr():
+        z = z.clone()
+    z.sub_(z.max(dim=-1, keepdim=True).values)
+    z.exp_()
     free = (1 << precision) - n_symbols
-    w = torch.floor(e * (free / e.sum(dim=-1, keepdim=True))).to(torch.int64)
-    rest = free - w.sum(dim=-1)
-    top = torch.argmax(w, dim=-1)       # first maximum: deterministic tie-break
-    w[torch.arange(w.shape[0]), top] += rest
-    out = np.zeros((w.shape[0], n_symbols), np.float64)
-    out[:, :w.shape[1]] = w.numpy()
+    z.mul_(free / z.sum(dim=-1, keepdim=True))
+    z.floor_()
+    rest = free - z.sum(dim=-1)
+    top = torch.argmax(z, dim=-1)       # first maximum: deterministic tie-break
+    z[torch.arange(z.shape[0]), top] += rest
+    out = np.empty((z.shape[0], n_symbols), np.float64)
+    out[:, :z.shape[1]] = z.numpy()
+    out[:, z.shape[1]:] = 0.0
     return out
 
 
