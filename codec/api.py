@@ -215,35 +215,33 @@ def decompress_file(path, output=None, *, workers: int | None = None, overwrite:
 def _replay(nf, path: Path, workers: int, progress: bool, verb: str, sink) -> int:
     """Decode every entry in order into `sink` (or nowhere), then check size and sha256.
 
-    Hashing and writing run on one background thread (hashlib and file writes release the GIL),
-    overlapping with the decoding of the next chunks.
+    Hashing and writing run on two background threads (hashlib and file writes release the GIL),
+    overlapping with each other and with the decoding of the next chunks; sha256 is the slowest
+    of the three, so writing on its thread would make it the critical path.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     total = nf.manifest["original_size"]
     bar = _progress(total, f"{verb} {path.name}", progress)
     h = hashlib.sha256()
-
-    def consume(chunk) -> None:
-        if sink is not None:
-            sink(chunk)
-        h.update(chunk)
-
     done = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec-sink") as out:
-        pending = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec-hash") as hasher, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec-sink") as writer:
+        pending: list = []
         for entry in nf.entries:
             frame = nf.frame(entry)
             if done + frame.decoded_size > total:
                 raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
             for chunk in frame.iter_decoded(workers):
-                if pending is not None:
-                    pending.result()  # at most one chunk in flight: memory stays bounded
-                pending = out.submit(consume, chunk)
+                for fut in pending:
+                    fut.result()  # at most one chunk in flight: memory stays bounded
+                pending = [hasher.submit(h.update, chunk)]
+                if sink is not None:
+                    pending.append(writer.submit(sink, chunk))
                 done += chunk.size
                 bar.update(chunk.size)
-        if pending is not None:
-            pending.result()
+        for fut in pending:
+            fut.result()
     bar.close()
     _check_original(path, done, h.hexdigest(), nf.manifest)
     return total
