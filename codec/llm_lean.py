@@ -58,11 +58,6 @@ def unsupported(cfg: dict) -> str | None:
     return None
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    files = sorted(folder.glob("*.safetensors"))
-    return files
-
-
 class LeanLlama:
     """Weights of a Llama causal LM laid out for single-token lockstep steps."""
 
@@ -127,7 +122,7 @@ class LeanLlama:
 
         folder = Path(folder)
         cfg = json.loads((folder / "config.json").read_text())
-        files = _weight_files(folder)
+        files = sorted(folder.glob("*.safetensors"))
         if not files:
             raise ValueError(f"lean path: no safetensors weights in {folder}")
         tensors = {}

@@ -362,6 +362,9 @@ def test_chunk_version_1_still_decodes(tiny):
     out = np.empty(len(data), np.uint8)
     get_codec(c.get_config()).decode(v1, out)
     assert out.tobytes() == data
+    for cut in (3, HEAD.size, HEAD.size + 5, len(v1) - 4):     # its tables and streams are checked too
+        with pytest.raises(FormatError):
+            c.decode(v1[:cut], out)
     c._write_version = 2
     v2 = c.encode(np.frombuffer(data, np.uint8))
     assert v2[0] == 2 and len(v2) < len(v1)      # shared streams drop a flush and a count per window

@@ -15,8 +15,8 @@ Pipeline of one container chunk (a flat uint8 array):
    rows; window k is row `k % R` of batch `k // R`; a short last batch is padded to R rows.
 3. **Evaluation paths.** Each batch runs through the model in lockstep, one token per step for
    all R rows, in `torch.inference_mode`, on the CPU, with torch's intra-op thread count pinned
-   to 1 while the model runs. `lean-llama-1` (the default for Llama-family models with
-   safetensors weights; `codec.llm_lean` defines it, dtype = weight dtype, bfloat16 by default)
+   to 1 while the model runs. `lean-llama-1` (the default for Llama-architecture models with
+   plain RoPE and safetensors weights; `codec.llm_lean` defines it, dtype = weight dtype, bfloat16 by default)
    steps a preallocated KV cache with fused projections; `hf-kv-lockstep-1` (any other causal
    LM) calls the `transformers` model (`input_ids` [R, 1], `position_ids` = step, no attention
    mask, its KV cache reused across steps; dtype = evaluation dtype). Finished or padding
@@ -33,7 +33,7 @@ Pipeline of one container chunk (a flat uint8 array):
    `Categorical(perfect=False)` is handed the integers `w_i` as float64: with integer inputs
    below 2^53 its leaky quantizer (`cdf_i = floor(sum_{j<i} w_j * (2^P - A)/sum(w)) + i`) is
    exact and reproduces `freq` bit for bit.
-5. **Coding**: one `constriction.stream.queue.RangeEncoder` (FIFO) per window.
+5. **Coding**: one `constriction.stream.queue.RangeEncoder` (FIFO) per batch (layout below).
 
 Encoded chunk layout (little-endian), version 2: `u8 version=2, u8 reserved=0, u16 R, u32 N,
 u32 W`, then per batch `u32 words`, then per window `u32 xxh32(window's decoded bytes)`, then
@@ -315,11 +315,12 @@ class LLMArith(Codec):
         torch, lm, net = lm_bundle
         import constriction
 
-        need = lm.kv_bytes(n_rows, steps)
-        if need > max_kv_bytes():
-            raise (FormatError if decode else ValueError)(f"llm: a batch of {n_rows} windows of {steps} tokens needs a {need / 2**30:.1f} GiB "
-                              f"KV cache, above the {max_kv_bytes() / 2**30:.1f} GiB limit "
-                              f"(CODEC_LLM_MAX_KV_GIB; encode with a smaller batch or max_window)")
+        need, limit = lm.kv_bytes(n_rows, steps), max_kv_bytes()
+        if need > limit:
+            error = FormatError if decode else ValueError
+            raise error(f"llm: a batch of {n_rows} windows of {steps} tokens needs a {need / 2**30:.1f} GiB "
+                        f"KV cache, above the {limit / 2**30:.1f} GiB limit "
+                        f"(CODEC_LLM_MAX_KV_GIB; encode with a smaller batch or max_window)")
 
         family = constriction.stream.model.Categorical(perfect=False)
         vocab, start = lm.vocab_size, lm.tokens.start_id

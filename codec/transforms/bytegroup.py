@@ -80,25 +80,10 @@ def _merge(planes, s, rot, out):
     n = planes.shape[1]
     bits = 8 * s
     if s == 2:
-        r = np.uint32(rot)
-        for i in range(n):
-            v = np.uint32(planes[0, i]) | (np.uint32(planes[1, i]) << np.uint32(8))
-            if rot:
-                v = ((v >> r) | (v << np.uint32(16 - rot))) & np.uint32(0xFFFF)
-            out[2 * i] = np.uint8(v & np.uint32(255))
-            out[2 * i + 1] = np.uint8(v >> np.uint32(8))
+        _merge2(planes[0], planes[1], rot, out)
         return
     if s == 4:
-        r = np.uint32(rot)
-        for i in range(n):
-            v = np.uint32(planes[0, i]) | (np.uint32(planes[1, i]) << np.uint32(8)) | \
-                (np.uint32(planes[2, i]) << np.uint32(16)) | (np.uint32(planes[3, i]) << np.uint32(24))
-            if rot:
-                v = (v >> r) | (v << np.uint32(32 - rot))
-            out[4 * i] = np.uint8(v & np.uint32(255))
-            out[4 * i + 1] = np.uint8((v >> np.uint32(8)) & np.uint32(255))
-            out[4 * i + 2] = np.uint8((v >> np.uint32(16)) & np.uint32(255))
-            out[4 * i + 3] = np.uint8(v >> np.uint32(24))
+        _merge4(planes[0], planes[1], planes[2], planes[3], rot, out)
         return
     mask = np.uint64(0xFFFFFFFFFFFFFFFF) if bits == 64 else (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
     for i in range(n):
