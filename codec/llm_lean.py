@@ -19,11 +19,20 @@ The path (normative: the bits of an `llm` frame with eval_path `lean-llama-1` de
   float32 [rows, vocab].
 Supported configs: `model_type` "llama" with SiLU MLP, no biases, default RoPE. Anything else
 is reported by `unsupported()` and the coder uses the `transformers` path instead.
+
+Speed: each step streams every weight once per row group, and at the small row counts of a
+coder step `F.linear` on bfloat16 spends more than half its time re-blocking the weight matrix for
+oneDNN on every call. Weights are therefore also kept pre-blocked (`torch.ops.mkldnn` for
+bfloat16, `torch.ops.mkl` for float32), which runs the same kernels on the same blocks, so the
+result is the same bits. That is checked, not assumed: each session first runs every weight shape
+both ways on random rows of its own row count and uses the pre-blocked form only if all outputs
+are bit-identical (`tests/test_llm.py` holds whole steps to the plain path as well).
 """
 from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 EVAL_PATH = "lean-llama-1"
@@ -115,6 +124,69 @@ class LeanLlama:
         else:
             self.lm_head = head.to(self.wdt).contiguous()
         self.intermediate = self.layers[0][4].shape[0] // 2
+        self._packed = None          # pre-blocked weights, built on first use (see module doc)
+        self._fast_rows: dict[int, bool] = {}
+        self._pack_lock = threading.Lock()   # lanes open sessions from several threads
+
+    # -- pre-blocked weights -----------------------------------------------------------
+    def _pack(self, w):
+        torch = self.torch
+        if self.wdt == torch.bfloat16:
+            return torch.ops.mkldnn._reorder_linear_weight(w, 16)
+        return torch.ops.mkl._mkl_reorder_linear_weight(w, 16)
+
+    def _packed_linear(self, x, w, packed):
+        torch = self.torch
+        if self.wdt == torch.bfloat16:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return torch.ops.mkl._mkl_linear(x, packed, w, None, x.shape[0])
+
+    def _ensure_packed(self) -> bool:
+        if self._packed is None:
+            try:
+                self._packed = {id(w): self._pack(w) for w in self._weights()}
+            except (RuntimeError, AttributeError, NotImplementedError):
+                self._packed = {}         # this torch build has no such kernels: plain F.linear
+        return bool(self._packed)
+
+    def _weights(self):
+        for layer in self.layers:
+            yield from (layer[1], layer[2], layer[4], layer[5])
+        yield self.lm_head
+
+    def linear_for(self, rows: int):
+        """`linear(x, w)` for sessions of `rows` rows: pre-blocked when provably the same bits."""
+        F = self.torch.nn.functional
+        with self._pack_lock:
+            ok = self._fast_rows.get(rows)
+            if ok is None:
+                ok = self._ensure_packed() and self._probe(rows)
+                self._fast_rows[rows] = ok
+        if not ok:
+            return F.linear
+        packed, fast = self._packed, self._packed_linear
+        return lambda x, w: fast(x, w, packed[id(w)])
+
+    def _probe(self, rows: int) -> bool:
+        torch = self.torch
+        F = torch.nn.functional
+        gen = torch.Generator().manual_seed(rows)
+        seen = set()
+        for w in self._weights():
+            if w.shape in seen:
+                continue
+            seen.add(w.shape)
+            x = torch.randn(rows, w.shape[1], generator=gen).to(self.wdt)
+            try:
+                fast = self._packed_linear(x, w, self._packed[id(w)])
+            except (RuntimeError, NotImplementedError):
+                return False
+            plain = F.linear(x, w)
+            if fast.dtype != plain.dtype or fast.shape != plain.shape or not torch.equal(
+                    fast.contiguous().view(torch.int16 if plain.element_size() == 2 else torch.int32),
+                    plain.contiguous().view(torch.int16 if plain.element_size() == 2 else torch.int32)):
+                return False
+        return True
 
     @classmethod
     def from_folder(cls, folder: Path, weight_dtype: str) -> "LeanLlama":
@@ -130,17 +202,18 @@ class LeanLlama:
             tensors.update(load_file(str(f)))
         return cls(tensors, cfg, weight_dtype)
 
-    def session(self, rows: int, length: int) -> "Session":
-        return Session(self, rows, length)
+    def session(self, rows: int, length: int, fast: bool = True) -> "Session":
+        return Session(self, rows, length, fast)
 
 
 class Session:
     """KV cache of `rows` windows of up to `length` tokens; `step` advances all rows by one."""
 
-    def __init__(self, m: LeanLlama, rows: int, length: int):
+    def __init__(self, m: LeanLlama, rows: int, length: int, fast: bool = True):
         torch = m.torch
         self.m = m
         self.rows = rows
+        self.linear = m.linear_for(rows) if fast else torch.nn.functional.linear
         shape = (m.n_layers, rows, m.n_kv, length, m.head_dim)
         # uninitialised: step t reads positions 0..t only, all written before
         self.k = torch.empty(shape, dtype=torch.float32)
@@ -167,9 +240,10 @@ class Session:
         R, H, KV, D = self.rows, m.n_heads, m.n_kv, m.head_dim
         G = H // KV
         wdt = m.wdt
+        linear = self.linear
         x = m.embed[ids].float()
         for li, (ln1, wqkv, wo, ln2, wgu, wd) in enumerate(m.layers):
-            qkv = F.linear(self._norm(x, ln1).to(wdt), wqkv).float()
+            qkv = linear(self._norm(x, ln1).to(wdt), wqkv).float()
             q = self._rope(qkv[:, :H * D].view(R, KV, G, D), t)
             k = self._rope(qkv[:, H * D:(H + KV) * D].view(R, KV, D), t)
             self.k[li, :, :, t] = k
@@ -177,8 +251,8 @@ class Session:
             keys = self.k[li, :, :, :t + 1]                       # [R, KV, t+1, D]
             scores = torch.matmul(q, keys.transpose(-1, -2)) * self.scale   # [R, KV, G, t+1]
             att = torch.matmul(torch.softmax(scores, dim=-1), self.v[li, :, :, :t + 1])
-            x = x + F.linear(att.reshape(R, H * D).to(wdt), wo).float()
-            gu = F.linear(self._norm(x, ln2).to(wdt), wgu).float()
+            x = x + linear(att.reshape(R, H * D).to(wdt), wo).float()
+            gu = linear(self._norm(x, ln2).to(wdt), wgu).float()
             g, u = gu[:, :m.intermediate], gu[:, m.intermediate:]
-            x = x + F.linear((F.silu(g) * u).to(wdt), wd).float()
-        return F.linear(self._norm(x, m.norm).to(wdt), m.lm_head).float()
+            x = x + linear((F.silu(g) * u).to(wdt), wd).float()
+        return linear(self._norm(x, m.norm).to(wdt), m.lm_head).float()

@@ -101,10 +101,15 @@ def test_config_records_everything(tiny):
     conf = c.get_config()
     assert json.loads(json.dumps(conf)) == conf
     for key in ("model", "model_sha256", "tokenizer_sha256", "precision", "batch", "lanes", "min_window",
-                "max_window", "start_token", "n_symbols", "eval_path", "freq_rule", "dtype", "attn"):
+                "max_window", "start_token", "n_symbols", "eval_path", "freq_rule", "dtype", "eval_threads"):
         assert conf[key] is not None, key
     assert conf["precision"] == 24 and len(conf["model_sha256"]) == 64
-    assert {"torch", "transformers", "constriction"} <= set(conf["versions"])
+    # the lean path (the tiny model is a Llama) takes neither transformers nor an attention choice
+    assert conf["eval_path"] == "lean-llama-1" and conf["eval_threads"] == 2
+    assert set(conf["versions"]) == {"torch", "constriction"} and "attn" not in conf
+    hf = fitted(tiny, eval_path="hf-kv-lockstep-1", dtype="float32").get_config()
+    assert hf["attn"] == "sdpa" and hf["eval_threads"] == 1
+    assert {"torch", "transformers", "constriction"} <= set(hf["versions"])
     assert conf["model_sha256"][:8] in c.describe()
     assert get_codec(conf) == c
 
@@ -352,6 +357,65 @@ def test_every_eval_path_roundtrips(tiny, path, dtype):
     assert chunk_roundtrip(get_codec(c.get_config()), data) == enc     # a fresh decoder, same bits
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_lean_pre_blocked_weights_give_the_plain_bits(tiny, dtype):
+    """The pre-blocked linear layers are a speed-up of F.linear, never a different function."""
+    import torch
+
+    from codec import llm_model
+
+    lean = llm_model.load(str(tiny), dtype=dtype, lean=True).lean
+    g = torch.Generator().manual_seed(5)
+    for rows in (1, 3, 10, 24):
+        ids = torch.randint(0, lean.vocab, (6, rows), generator=g)
+        fast, plain = lean.session(rows, 6), lean.session(rows, 6, fast=False)
+        with torch.inference_mode():
+            a = torch.stack([fast.step(ids[t], t) for t in range(6)])
+            b = torch.stack([plain.step(ids[t], t) for t in range(6)])
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32)), rows
+    if dtype == "bfloat16" and torch.backends.mkldnn.is_available() and \
+            torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert lean._fast_rows[10] is True          # and the fast form is the one in use here
+
+
+def test_eval_threads_are_set_in_the_evaluating_thread(tiny):
+    """torch's thread count is an OpenMP setting of the calling thread: each batch sets its own."""
+    import threading
+
+    import torch
+
+    from codec.entropy.llm_arith import _eval_threads
+
+    seen = []
+
+    def run():
+        before = torch.get_num_threads()
+        with _eval_threads(torch, 1):
+            seen.append(torch.get_num_threads())
+        seen.append(torch.get_num_threads() == before)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert seen == [1, True]
+
+
+def test_frames_without_eval_threads_decode(tiny):
+    """Frames written before eval_threads was recorded ran one thread; the lean path's bits do
+    not depend on it, which is what lets those frames decode (and this test shows)."""
+    c = fitted(tiny)
+    assert c.eval_threads == 2
+    data = TEXT * 4
+    enc = c.encode(np.frombuffer(data, np.uint8))
+    old = {k: v for k, v in c.get_config().items() if k != "eval_threads"}
+    older = get_codec(old)
+    assert older.eval_threads is None
+    out = np.empty(len(data), np.uint8)
+    older.decode(enc, out)
+    assert out.tobytes() == data
+    assert older.encode(np.frombuffer(data, np.uint8)) == enc
+
+
 def test_chunk_version_1_still_decodes(tiny):
     """Earlier releases wrote one range-coder stream per window (chunk version 1)."""
     c = fitted(tiny)
@@ -503,3 +567,9 @@ def test_quantize_equals_plain_rule(dtype):
     want = _quantize_plain(logits, 5021, 24)
     assert got.tobytes() == want.tobytes()
     assert (got.sum(axis=1) == (1 << 24) - 5021).all() and (got[:, 5000:] == 0).all()
+    # reused buffers (as in a lockstep batch): each call equals the plain rule on its own logits
+    buffers = {}
+    for seed in range(3):
+        step = (torch.randn(6, 5000, generator=g) * (3 + seed)).to(getattr(torch, dtype))
+        got = quantize(step, 5021, 24, buffers)
+        assert got.tobytes() == _quantize_plain(step, 5021, 24).tobytes()

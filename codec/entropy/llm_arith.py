@@ -78,29 +78,39 @@ HEAD = struct.Struct("<BBHII")        # version, reserved, rows R, tokens N, win
 WIN = struct.Struct("<II")            # version 1: range-coder words, xxh32 of the window's bytes
 U32 = struct.Struct("<I")
 _SURROGATES = re.compile("([\udc80-\udcff]+)")
+#: intra-op threads per batch on the lean path: one batch of all rows on two threads streams the
+#: weights once per step, against once per lane for two single-thread lanes (benches/text.py).
+LEAN_THREADS = 2
 _DEFAULT_MODEL = "smollm2-135m-instruct"   # = codec.llm_model.DEFAULT_MODEL (no torch import here)
 
-# torch's intra-op thread count is pinned to 1 while any LLM evaluation runs (see module doc).
-_THREADS_LOCK = threading.Lock()
-_THREADS_USERS = 0
-_THREADS_SAVED = 1
+# Lockstep batches evaluating right now. torch's intra-op thread count is part of the evaluation
+# (module doc) and is an OpenMP setting of the calling thread, so every batch sets it in its own
+# thread; at most cores // threads batches run at once so the cores are not oversubscribed.
+_SLOTS = threading.Condition()
+_SLOTS_ACTIVE = 0
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextmanager
-def _pinned_threads(torch):
-    global _THREADS_USERS, _THREADS_SAVED
-    with _THREADS_LOCK:
-        if _THREADS_USERS == 0:
-            _THREADS_SAVED = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _THREADS_USERS += 1
+def _eval_threads(torch, threads: int):
+    global _SLOTS_ACTIVE
+    limit = max(1, _cores() // threads)
+    with _SLOTS:
+        while _SLOTS_ACTIVE >= limit:
+            _SLOTS.wait()
+        _SLOTS_ACTIVE += 1
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
-        with _THREADS_LOCK:
-            _THREADS_USERS -= 1
-            if _THREADS_USERS == 0:
-                torch.set_num_threads(_THREADS_SAVED)
+        torch.set_num_threads(saved)
+        with _SLOTS:
+            _SLOTS_ACTIVE -= 1
+            _SLOTS.notify_all()
 
 
 def max_kv_bytes() -> int:
@@ -121,18 +131,30 @@ def plan(n_tokens: int, batch: int, lanes: int, min_window: int, max_window: int
     return w, -(-n_win // n_batches)
 
 
-def quantize(logits, n_symbols: int, precision: int):
+def quantize(logits, n_symbols: int, precision: int, buffers: dict | None = None):
     """Rule `freq-v1`: float logits [R, V] -> float64 numpy [R, A] of the free weights w_i.
 
     The coder's frequencies are `w + 1` (every symbol >= 1, sum exactly 2^precision). The weights
     are whole numbers kept in float64 (exact below 2^53), computed in place: one [R, V] buffer
     instead of one per operation (`tests/test_llm.py` holds this to the plain formulation).
+    `buffers` (a dict the caller keeps across steps of one shape) reuses that buffer and the
+    output between calls: fresh multi-megabyte arrays every step cost more in page faults than
+    the arithmetic. The returned array is then overwritten by the next call.
     """
     import torch
 
-    z = logits.to(torch.float64)
-    if z.data_ptr() == logits.data_ptr():
-        z = z.clone()
+    rows, vocab = logits.shape
+    shape = (rows, vocab, n_symbols)
+    if buffers is not None and buffers.get("shape") == shape:
+        z, out = buffers["z"], buffers["out"]
+        z.copy_(logits)
+    else:
+        z = torch.empty((rows, vocab), dtype=torch.float64)
+        z.copy_(logits)
+        out = np.empty((rows, n_symbols), np.float64)
+        out[:, vocab:] = 0.0                  # escape symbols: free weight 0, never written again
+        if buffers is not None:
+            buffers.update(shape=shape, z=z, out=out)
     z.sub_(z.max(dim=-1, keepdim=True).values)
     z.exp_()
     free = (1 << precision) - n_symbols
@@ -140,10 +162,8 @@ def quantize(logits, n_symbols: int, precision: int):
     z.floor_()
     rest = free - z.sum(dim=-1)
     top = torch.argmax(z, dim=-1)       # first maximum: deterministic tie-break
-    z[torch.arange(z.shape[0]), top] += rest
-    out = np.empty((z.shape[0], n_symbols), np.float64)
-    out[:, :z.shape[1]] = z.numpy()
-    out[:, z.shape[1]:] = 0.0
+    z[torch.arange(rows), top] += rest
+    out[:, :vocab] = z.numpy()
     return out
 
 
@@ -164,19 +184,21 @@ class LLMArith(Codec):
 
     def __init__(self, model: str = _DEFAULT_MODEL, model_sha256: str | None = None,
                  tokenizer_sha256: str | None = None, precision: int = 24, batch: int = 32,
-                 lanes: int = 2, min_window: int = 512, max_window: int = 1024,
+                 lanes: int = 1, min_window: int = 384, max_window: int = 1024,
                  start_token: int | None = None, n_symbols: int | None = None,
                  eval_path: str | None = None, freq_rule: str = FREQ_RULE, dtype: str = "bfloat16",
-                 attn: str = "sdpa", versions: dict | None = None, threads: int | None = None):
+                 attn: str = "sdpa", versions: dict | None = None, threads: int | None = None,
+                 eval_threads: int | None = None):
         ints = {"precision": precision, "batch": batch, "lanes": lanes, "min_window": min_window,
-                "max_window": max_window}
+                "max_window": max_window, "eval_threads": 1 if eval_threads is None else eval_threads}
         for k, v in ints.items():
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"llm: {k} must be a positive integer, got {v!r}")
         if precision != 24:
             raise ValueError(f"llm: precision {precision} unsupported (constriction's categorical "
                              f"models in Python use 24 bits)")
-        if min_window > max_window or max_window > 1 << 16 or batch > 1024 or lanes > 64:
+        if min_window > max_window or max_window > 1 << 16 or batch > 1024 or lanes > 64 \
+                or ints["eval_threads"] > 64:
             raise ValueError(f"llm: window/batch parameters out of range ({ints})")
         if eval_path is not None and eval_path not in EVAL_PATHS:
             raise ValueError(f"llm: evaluation path {eval_path!r} unknown (this build: {EVAL_PATHS})")
@@ -198,6 +220,9 @@ class LLMArith(Codec):
         self.start_token, self.n_symbols = start_token, n_symbols
         self.eval_path, self.freq_rule, self.dtype, self.attn = eval_path, freq_rule, dtype, attn
         self.versions = versions
+        #: torch intra-op threads of every batch's evaluation (recorded; None = 1, as frames
+        #: written before it was recorded were evaluated). fit() picks the default.
+        self.eval_threads = eval_threads
         #: Runtime only (not in the config, never changes the bits): threads running batches.
         self.threads = threads
         self._write_version = CHUNK_VERSION
@@ -213,6 +238,10 @@ class LLMArith(Codec):
                "n_symbols": self.n_symbols, "eval_path": self.eval_path,
                "freq_rule": self.freq_rule, "dtype": self.dtype, "attn": self.attn,
                "versions": self.versions}
+        if self.eval_path == LEAN_PATH:
+            del cfg["attn"]     # the lean path has one attention; frames are small, keep them so
+        if self.eval_threads is not None:
+            cfg["eval_threads"] = self.eval_threads
         return cfg
 
     @classmethod
@@ -269,9 +298,15 @@ class LLMArith(Codec):
             return self
         _, lm, _ = self._loaded()
         cfg = self.get_config()
+        lean = lm.lean is not None
+        versions = llm_model.versions()
+        if lean:            # transformers takes no part in the lean path's numbers
+            versions.pop("transformers", None)
         cfg.update(model_sha256=lm.model_sha256, tokenizer_sha256=lm.tokenizer_sha256,
                    n_symbols=lm.n_symbols, start_token=lm.tokens.start_id,
-                   versions=llm_model.versions(), eval_path=LEAN_PATH if lm.lean is not None else EVAL_PATH)
+                   versions=versions, eval_path=LEAN_PATH if lean else EVAL_PATH)
+        if cfg.get("eval_threads") is None:
+            cfg["eval_threads"] = LEAN_THREADS if lean else 1
         fitted = LLMArith.from_config(cfg)
         fitted.threads = self.threads
         fitted._lm = self._lm
@@ -341,9 +376,10 @@ class LLMArith(Codec):
                           use_cache=True, position_ids=torch.full((n_rows, 1), t, dtype=torch.long),
                           logits_to_keep=1)
                 return out.logits[:, -1, :]
-        with torch.inference_mode(), _pinned_threads(torch):
+        buffers: dict = {}
+        with torch.inference_mode(), _eval_threads(torch, self.eval_threads or 1):
             for t in range(steps):
-                w = quantize(logits(t), self.n_symbols, self.precision)
+                w = quantize(logits(t), self.n_symbols, self.precision, buffers)
                 for r, row in enumerate(rows):
                     if t >= lens[r]:
                         continue
