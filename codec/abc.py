@@ -32,6 +32,9 @@ class Codec(ABC):
     max_expansion: ClassVar[float] = 1.0
     #: One-line description for `codec codecs`.
     description: ClassVar[str] = ""
+    #: Frames of this codec store their JSON config packed (format 1.1, `formats/metapack.py`)
+    #: when that is smaller: for codecs whose inputs are small next to their config.
+    packed_config: ClassVar[bool] = False
 
     # -- frame level -------------------------------------------------------------------
     def fit(self, source: "TensorSource", dtype: str) -> "Codec":

@@ -21,14 +21,16 @@ from ..registry import get_codec
 from .buffer import as_buffer
 
 FRAME_MAGIC = b"NNCF"
-VERSION = (1, 0)
+VERSION = (1, 1)          # the newest version read; writers use 1.1 only for 1.1 features
+
 FIXED = struct.Struct("<4sBBHQQIIHBB")  # magic, major, minor, flags, decoded, chunk_size, chunks, cfg_len, n_sec, id_len, reserved
 DIR_ENTRY = struct.Struct("<HHIQQQ")    # type, flags, reserved, offset, length, checksum
 INDEX_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u8"), ("checksum", "<u8"),
                         ("mode", "u1"), ("reserved", "u1", (7,))])
 
 FLAG_LOSSY = 0x0001
-KNOWN_FLAGS = FLAG_LOSSY
+FLAG_PACKED_CONFIG = 0x0002   # 1.1: the config is a zstd frame with the built-in dictionary (metapack)
+KNOWN_FLAGS = FLAG_LOSSY | FLAG_PACKED_CONFIG
 SECTION_MUST_UNDERSTAND = 0x0001
 
 SEC_CHUNK_INDEX = 1
@@ -292,9 +294,18 @@ def parse_frame(buf, base: int = 0, length: int | None = None, where: str = "fra
         raise UnsupportedVersionError(f"{where}: reserved header bits set (flags {flags:#06x}, reserved {reserved})")
     if minor > VERSION[1]:
         raise UnsupportedVersionError(f"{where}: format version {major}.{minor} is newer than {VERSION[0]}.{VERSION[1]}")
+    if bool(flags & FLAG_PACKED_CONFIG) != (minor == 1):
+        # 1.1 frames are exactly those with a packed config, so no header bit is meaningless
+        raise UnsupportedVersionError(f"{where}: flags {flags:#06x} do not match format {major}.{minor} "
+                                      f"(the packed-config bit is reserved in 1.0 and required in 1.1)")
+    cfg_bytes = bytes(head[FIXED.size + id_len:FIXED.size + id_len + cfg_len])
+    if flags & FLAG_PACKED_CONFIG:
+        from .metapack import unpack
+
+        cfg_bytes = unpack(cfg_bytes, MAX_CONFIG, f"{where}: header config")
     try:
         codec_id = bytes(head[FIXED.size:FIXED.size + id_len]).decode("ascii")
-        config = json.loads(bytes(head[FIXED.size + id_len:FIXED.size + id_len + cfg_len]).decode("utf-8"))
+        config = json.loads(cfg_bytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{where}: header config is not valid JSON: {exc}") from None
     if not isinstance(config, dict) or not isinstance(config.get("codec"), dict) \
@@ -378,7 +389,8 @@ def _parse_index(frame: Frame) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 def _header_bytes(flags, decoded, chunk_size, chunks, codec_id: bytes, cfg: bytes,
                   directory: list[Section]) -> bytes:
-    parts = [FIXED.pack(FRAME_MAGIC, VERSION[0], VERSION[1], flags, decoded, chunk_size, chunks,
+    minor = 1 if flags & FLAG_PACKED_CONFIG else 0      # 1.0 bytes unless a 1.1 feature is used
+    parts = [FIXED.pack(FRAME_MAGIC, VERSION[0], minor, flags, decoded, chunk_size, chunks,
                         len(cfg), len(directory), len(codec_id), 0), codec_id, cfg]
     parts += [DIR_ENTRY.pack(s.type, s.flags, 0, s.offset, s.length, s.checksum) for s in directory]
     head = b"".join(parts)
@@ -426,9 +438,16 @@ def plan_frame(codec, dtype: str, shape, size: int, *, chunk_size: int | None = 
     config = {"codec": codec.get_config(), "dtype": dtype, "shape": [int(s) for s in shape]}
     if extra_config:
         config.update(extra_config)
+    flags = 0 if codec.lossless else FLAG_LOSSY
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    if getattr(codec, "packed_config", False):
+        from .metapack import pack
+
+        packed = pack(blob)
+        if len(packed) < len(blob):
+            blob, flags = packed, flags | FLAG_PACKED_CONFIG
     return FramePlan(codec, size, chunk_size, -(-size // chunk_size) if size else 0,
-                     0 if codec.lossless else FLAG_LOSSY, codec.codec_id.encode("ascii"),
-                     json.dumps(config, sort_keys=True, separators=(",", ":")).encode(),
+                     flags, codec.codec_id.encode("ascii"), blob,
                      tuple(getattr(codec, "extra_section_types", ())))
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from ..checksum import xxh64
 from ..errors import ChecksumError, FileExistsCodecError, FormatError, TruncatedError, UnsupportedVersionError
 from .buffer import PreadBuffer
-from .frame import VERSION, Frame, parse_frame
+from .frame import FIXED, FLAG_PACKED_CONFIG, VERSION, Frame, parse_frame
 
 SIGNATURE = b"\x89NNC\r\n\x1a\n"
 FILE_HEADER = struct.Struct("<8sBBHI")       # signature, major, minor, flags, reserved
 FOOTER = struct.Struct("<QQQ8s")             # manifest offset, length, checksum, magic
 FOOTER_MAGIC = b"NNCSEEK\x00"
+FILE_FLAG_PACKED_MANIFEST = 0x0001          # 1.1: the manifest is a zstd frame (metapack)
 FRAME_ALIGN = 64                             # frames start on 64-byte boundaries (zero padding)
 MAX_MANIFEST = 256 << 20
 ROLES = ("header", "tensor", "bytes")
@@ -80,7 +81,8 @@ class NncWriter:
     def __init__(self, fh) -> None:
         self.fh = fh
         self.entries: list[Entry] = []
-        fh.write(FILE_HEADER.pack(SIGNATURE, VERSION[0], VERSION[1], 0, 0))
+        self.start = fh.tell()
+        fh.write(FILE_HEADER.pack(SIGNATURE, VERSION[0], 0, 0, 0))   # patched by finish() for 1.1
 
     def begin_frame(self) -> int:
         pos = self.fh.tell()
@@ -92,10 +94,20 @@ class NncWriter:
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
 
+    def _frame_flags(self, e: Entry) -> int:
+        end = self.fh.tell()
+        self.fh.seek(e.offset + 6)
+        flags = struct.unpack("<H", self.fh.read(2))[0] if e.length >= FIXED.size else 0
+        self.fh.seek(end)
+        return flags
+
     def finish(self, container: str, original_size: int, original_sha256: str,
                metadata: dict | None, library: str, extra: dict | None = None) -> int:
+        # A file whose frames pack their configs (small inputs, see metapack) packs its manifest
+        # too, and is then format 1.1; anything else is written exactly as format 1.0.
+        packed = any(self._frame_flags(e) & FLAG_PACKED_CONFIG for e in self.entries)
         manifest = {
-            "format": list(VERSION),
+            "format": [VERSION[0], 1 if packed else 0],
             "library": library,
             "container": container,
             "original_size": original_size,
@@ -106,6 +118,14 @@ class NncWriter:
         if extra:
             manifest.update(extra)
         blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        if packed:
+            from .metapack import pack
+
+            blob = pack(blob)
+            end = self.fh.tell()
+            self.fh.seek(self.start)
+            self.fh.write(FILE_HEADER.pack(SIGNATURE, VERSION[0], 1, FILE_FLAG_PACKED_MANIFEST, 0))
+            self.fh.seek(end)
         off = self.fh.tell()
         self.fh.write(blob)
         self.fh.write(FOOTER.pack(off, len(blob), xxh64(blob), FOOTER_MAGIC))
@@ -150,8 +170,9 @@ class NncFile:
         if major != VERSION[0] or minor > VERSION[1]:
             raise UnsupportedVersionError(f"{where}: file format {major}.{minor} is not supported "
                                           f"(this library reads up to {VERSION[0]}.{VERSION[1]})")
-        if flags or reserved:
-            raise UnsupportedVersionError(f"{where}: reserved file header bits set at byte 10")
+        if flags & ~FILE_FLAG_PACKED_MANIFEST or (flags != 0) != (minor == 1) or reserved:
+            raise UnsupportedVersionError(f"{where}: reserved file header bits set at byte 10 "
+                                          f"(flags {flags:#06x} in format {major}.{minor})")
         m_off, m_len, m_sum, magic = FOOTER.unpack(self.buf[size - FOOTER.size:size])
         if magic != FOOTER_MAGIC:
             raise TruncatedError(f"{where}: footer magic missing at byte {size - FOOTER.size} "
@@ -162,12 +183,18 @@ class NncFile:
         blob = self.buf[m_off:m_off + m_len]
         if xxh64(blob) != m_sum:
             raise ChecksumError(f"{where}: manifest checksum mismatch (manifest at byte {m_off})")
+        if flags & FILE_FLAG_PACKED_MANIFEST:
+            from .metapack import unpack
+
+            blob = unpack(blob, MAX_MANIFEST, f"{where}: manifest at byte {m_off}")
         try:
             man = json.loads(blob.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise FormatError(f"{where}: manifest is not valid JSON: {exc}") from None
         self.manifest = man
         self.entries = _validate_manifest(man, m_off, where)
+        if man["format"] != [major, minor]:
+            raise FormatError(f"{where}: manifest says format {man['format']}, file header {major}.{minor}")
         self.tensors = {e.name: e for e in self.entries if e.role == "tensor"}
 
     @property

@@ -1,4 +1,4 @@
-"""Frozen format-1.0 files must keep decoding to the same bytes, forever."""
+"""Frozen format-1.0 and 1.1 files must keep decoding to the same bytes, forever."""
 from __future__ import annotations
 
 import hashlib
@@ -12,16 +12,19 @@ from codec.formats.frame import parse_frame
 
 HERE = Path(__file__).parent / "fixtures" / "v1.0"
 EXPECTED = json.loads((HERE / "expected.json").read_text())
+V11 = Path(__file__).parent / "fixtures" / "v1.1"
+EXPECTED_11 = json.loads((V11 / "expected.json").read_text())
+ALL = [(HERE, n, EXPECTED[n]) for n in sorted(EXPECTED)] + [(V11, n, EXPECTED_11[n]) for n in sorted(EXPECTED_11)]
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_fixture_decodes(name, tmp_path):
-    path = HERE / name
-    want = EXPECTED[name]["decoded_sha256"]
+@pytest.mark.parametrize("where, name, spec", ALL, ids=[f"{d.name}/{n}" for d, n, _ in ALL])
+def test_fixture_decodes(where, name, spec, tmp_path):
+    path = where / name
+    want = spec["decoded_sha256"]
     if name.endswith(".nncf"):
         fr = parse_frame(path.read_bytes())
         assert hashlib.sha256(fr.decode().tobytes()).hexdigest() == want
-        want_codec = EXPECTED[name]["codec"]
+        want_codec = spec["codec"]
         assert fr.config["codec"]["id"] == (want_codec["id"] if isinstance(want_codec, dict) else want_codec)
     else:
         out = tmp_path / "restored"

@@ -14,8 +14,11 @@ Pipeline of one container chunk (a flat uint8 array):
    `n_batches = max(ceil(n_win / batch), min(lanes, n_win))` batches of `R = ceil(n_win / n_batches)`
    rows; window k is row `k % R` of batch `k // R`; a short last batch is padded to R rows.
 3. **Evaluation paths.** Each batch runs through the model in lockstep, one token per step for
-   all R rows, in `torch.inference_mode`, on the CPU, with torch's intra-op thread count pinned
-   to 1 while the model runs. `lean-llama-1` (the default for Llama-architecture models with
+   all R rows, in `torch.inference_mode`, on the CPU, with torch's intra-op thread count set to
+   the config's `eval_threads` (absent in frames written before it was recorded: 1) in the thread
+   that runs the batch. New frames record 2 on the lean path (one batch of all rows on two threads
+   streams the weights once per step; two one-thread lanes streamed them twice) and 1 on the
+   `transformers` path. `lean-llama-1` (the default for Llama-architecture models with
    plain RoPE and safetensors weights; `codec.llm_lean` defines it, dtype = weight dtype, bfloat16 by default)
    steps a preallocated KV cache with fused projections; `hf-kv-lockstep-1` (any other causal
    LM) calls the `transformers` model (`input_ids` [R, 1], `position_ids` = step, no attention
@@ -178,12 +181,15 @@ class LLMArith(Codec):
     codec_id = "llm"
     description = "text: a language model's next-token probabilities drive a range coder (LLMZip)"
     max_expansion = 1.0
-    #: 64 KiB of English is ~16k tokens: 32 windows of 512 tokens in 2 lanes of 16 rows;
-    #: the container's workers run chunks in parallel on top.
+    #: A 20 KB text codes to ~2.4 KB; its config (fingerprints, versions) is ~0.5 KB of JSON.
+    packed_config = True
+    #: 64 KiB of English is ~16k tokens: 24 windows of ~680 tokens in one batch; 20 KB is 13
+    #: windows of 384. The container's workers run chunks in parallel on top (at most
+    #: cores // eval_threads batches evaluate at once).
     default_chunk_size = 1 << 16
 
     def __init__(self, model: str = _DEFAULT_MODEL, model_sha256: str | None = None,
-                 tokenizer_sha256: str | None = None, precision: int = 24, batch: int = 32,
+                 tokenizer_sha256: str | None = None, precision: int = 24, batch: int = 24,
                  lanes: int = 1, min_window: int = 384, max_window: int = 1024,
                  start_token: int | None = None, n_symbols: int | None = None,
                  eval_path: str | None = None, freq_rule: str = FREQ_RULE, dtype: str = "bfloat16",
