@@ -375,7 +375,7 @@ def test_lean_pre_blocked_weights_give_the_plain_bits(tiny, dtype):
         assert torch.equal(a.view(torch.int32), b.view(torch.int32)), rows
     if dtype == "bfloat16" and torch.backends.mkldnn.is_available() and \
             torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        assert lean._fast_rows[10] is True          # and the fast form is the one in use here
+        assert lean._fast_rows[(10, torch.get_num_threads())] is True   # the fast form is in use here
 
 
 def test_eval_threads_are_set_in_the_evaluating_thread(tiny):

@@ -367,23 +367,23 @@ class LLMArith(Codec):
         vocab, start = lm.vocab_size, lm.tokens.start_id
         lens = [len(r) for r in rows]
         inp = np.full(n_rows, start, np.int64)
-        if lm.lean is not None:
-            session = lm.lean.session(n_rows, steps)
-
-            def logits(t):
-                return session.step(torch.from_numpy(inp), t)
-        else:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=net.config)
-
-            def logits(t):
-                out = net(input_ids=torch.from_numpy(inp).view(n_rows, 1), past_key_values=cache,
-                          use_cache=True, position_ids=torch.full((n_rows, 1), t, dtype=torch.long),
-                          logits_to_keep=1)
-                return out.logits[:, -1, :]
         buffers: dict = {}
         with torch.inference_mode(), _eval_threads(torch, self.eval_threads or 1):
+            if lm.lean is not None:
+                session = lm.lean.session(n_rows, steps)   # here: it checks its kernels at these threads
+
+                def logits(t):
+                    return session.step(torch.from_numpy(inp), t)
+            else:
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=net.config)
+
+                def logits(t):
+                    out = net(input_ids=torch.from_numpy(inp).view(n_rows, 1), past_key_values=cache,
+                              use_cache=True, position_ids=torch.full((n_rows, 1), t, dtype=torch.long),
+                              logits_to_keep=1)
+                    return out.logits[:, -1, :]
             for t in range(steps):
                 w = quantize(logits(t), self.n_symbols, self.precision, buffers)
                 for r, row in enumerate(rows):
