@@ -22,7 +22,6 @@ from .buffer import as_buffer
 
 FRAME_MAGIC = b"NNCF"
 VERSION = (1, 1)          # the newest version read; writers use 1.1 only for 1.1 features
-
 FIXED = struct.Struct("<4sBBHQQIIHBB")  # magic, major, minor, flags, decoded, chunk_size, chunks, cfg_len, n_sec, id_len, reserved
 DIR_ENTRY = struct.Struct("<HHIQQQ")    # type, flags, reserved, offset, length, checksum
 INDEX_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u8"), ("checksum", "<u8"),

@@ -313,7 +313,8 @@ def test_import_codec_does_not_import_torch():
 
 def test_bad_configs():
     for bad in ({"precision": 16}, {"batch": 0}, {"min_window": 2000}, {"eval_path": "x"},
-                {"dtype": "float16"}, {"freq_rule": "y"}, {"eval_path": "lean-llama-1", "dtype": "qint8"}):
+                {"dtype": "float16"}, {"freq_rule": "y"}, {"eval_path": "lean-llama-1", "dtype": "qint8"},
+                {"eval_threads": 0}, {"eval_threads": 65}, {"eval_threads": "2"}, {"eval_threads": True}):
         with pytest.raises(FormatError):
             get_codec({"id": "llm", **bad})
 
