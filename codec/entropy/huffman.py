@@ -426,6 +426,23 @@ def _ctz64(typingctx, x):
     return types.uint64(x), codegen
 
 
+@intrinsic
+def _prefetch(typingctx, addr):
+    """Prefetch the cache line at a raw address into all cache levels (a hint: never faults)."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                           "llvm.prefetch.p0i8")
+        builder.call(f, [builder.inttoptr(args[0], i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                         ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(addr), codegen
+
+
 @nb.njit(nogil=True, cache=True)
 def _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
                    first_index, len_count):
@@ -855,12 +872,15 @@ def _make_packed_kernel(itemsize, umask):
     as it is (x86 masks shift counts to 6 bits); else 15."""
 
     @nb.njit(nogil=True, cache=True)
-    def decode_packed(src, seg_bits, seg_out, out, packed, shift, lut_sym, lut_info, sorted_syms,
+    def decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, lut_sym, lut_info, sorted_syms,
                       first_code, first_index, len_count, max_len):
         """Decode the 4 segments of one stream interleaved into out (see Decoder.decode_segments);
         uint16 outputs get symbol << shift plus garbage in the low `shift` bits, uint8 ones the
         symbol (shift 0). lut_sym/lut_info are the decoder's generic tables (for the tails).
         Returns a status.
+
+        `ahead` (uint8 array) is what the caller reads next: each round prefetches one more cache
+        line of it, so the compute-bound rounds pull it in from memory for free.
 
         Rounds of 4 lookups per segment run while every segment has room for a round; a code
         longer than the table leaves them for one canonical step; then each segment finishes
@@ -890,6 +910,14 @@ def _make_packed_kernel(itemsize, umask):
         e0, e1, e2, e3 = seg_out[1], seg_out[2], seg_out[3], seg_out[4]
         sb = _addr(src)
         ob = _addr(out)
+        pf = _addr(ahead)
+        pf_end = pf + np.uint64(ahead.shape[0])
+        line = np.uint64(64)
+        # the table is read at random: a cold one (a tensor's first chunk) costs a miss per line
+        # unless it is fetched up front
+        tb = _addr(packed)
+        for q in range(0, 8 * packed.shape[0], 64):
+            _prefetch(tb + np.uint64(q))
         while True:
             # a round writes <= 16 outputs per segment (4 stores of 4 lanes) and consumes
             # <= 4 * lut_bits bits
@@ -959,6 +987,8 @@ def _make_packed_kernel(itemsize, umask):
                 b1 = (_load_be64_at(p1) | one) << (t1 & m7)
                 b2 = (_load_be64_at(p2) | one) << (t2 & m7)
                 b3 = (_load_be64_at(p3) | one) << (t3 & m7)
+                _prefetch(pf)
+                pf = min(pf + line, pf_end)
             pos0 = np.int64(np.uint64(8) * (p0 - sb) + _ctz64(b0))
             pos1 = np.int64(np.uint64(8) * (p1 - sb) + _ctz64(b1))
             pos2 = np.int64(np.uint64(8) * (p2 - sb) + _ctz64(b2))
@@ -1240,5 +1270,5 @@ def _decode_block_nb(buf, out):
             | (np.int64(buf[q + 3]) << 24)
     packed = np.empty(1 << lut_bits, np.uint64)
     _build_packed8(lut_sym8, lut_info, packed)
-    return _decode_packed8(buf[head:], seg_bits, seg_out, out, packed, 0, lut_sym8, lut_info, sorted_syms,
-                           first_code, first_index, len_count, BLOCK_MAX_LEN)
+    return _decode_packed8(buf[head:], seg_bits, seg_out, out, packed, 0, buf[:0], lut_sym8, lut_info,
+                           sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
