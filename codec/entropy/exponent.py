@@ -83,6 +83,10 @@ DEFAULT_BPT = 8
 DEFAULT_TPB = 256
 DEFAULT_MAX_LEN = 24
 DEFAULT_CHUNK = 1 << 20
+# Chunks of fewer values (a model's bias and norm vectors) decode with a 2^SMALL_LUT_BITS-entry
+# table: a few hundred lookups would otherwise miss on most lines of a cold 32 KiB table.
+SMALL_CHUNK = 4096
+SMALL_LUT_BITS = 8
 
 
 def stream_sizes(n: int, exp_bits: int, k: int) -> tuple[int, int]:
@@ -319,7 +323,8 @@ def _merge_range(v16, buf, roff, R, k, i0, i1):
 def _decode_chunk(buf, n, nbits, E, R, k, v16, packed, lut_sym, lut_info, sorted_syms, first_code,
                   first_index, len_count, max_len):
     """Decode a chunk payload (sizes checked by the caller) into the uint16 values v16; `packed` is
-    packed_table(decoder, k), the other tables the decoder's uint16 ones."""
+    packed_table(decoder, k), the other tables the decoder's uint16 ones; an empty `packed` takes
+    the generic kernel (small chunks, with the tables of a small decoder)."""
     seg_bits = np.empty(NSEG + 1, np.int64)
     seg_out = np.empty(NSEG + 1, np.int64)
     t = HEADER + E + R
@@ -334,6 +339,13 @@ def _decode_chunk(buf, n, nbits, E, R, k, v16, packed, lut_sym, lut_info, sorted
         if seg_bits[j] > nbits:
             return huffman.ERR_SEGMENTS
     src = buf[HEADER:HEADER + E]
+    if packed.shape[0] == 0:    # a small chunk: generic kernel on a small table (see SMALL_CHUNK)
+        st = huffman._decode_segments(src, seg_bits, seg_out, v16, lut_sym, lut_info, sorted_syms,
+                                      first_code, first_index, len_count, max_len)
+        if st == huffman.OK:
+            huffman._shift_range(v16, 0, n, 7 - k)
+            _merge_range(v16, buf, HEADER + E, R, k, 0, n)
+        return st
     rem = buf[HEADER + E:HEADER + E + R]    # the merge's input: prefetched during the Huffman pass
     if k <= 1:      # the packed entries' bits 4-5 are free
         st = huffman._decode_packed16_u63(src, seg_bits, seg_out, v16, packed, 7 - k, rem, lut_sym,
@@ -431,6 +443,8 @@ class Exponent(Codec):
         self.candidates = list(candidates) if candidates else [0, 1]
         self.lengths: np.ndarray | None = None
         self._decoder = None
+        self._decode_args = None
+        self._small_args = None
         self._codes = None
         if code_lengths is not None:
             if mantissa_bits is None:
@@ -539,19 +553,24 @@ class Exponent(Codec):
         return n, nbits, E, R
 
     def decode(self, encoded, out: np.ndarray) -> np.ndarray:
-        self._need_table()
         what = "exponent chunk"
         buf = np.frombuffer(encoded, np.uint8)
         if out.size % 2:
             raise FormatError(f"{what}: BF16 output of odd size {out.size}")
         n, nbits, E, R = self._parse(buf, out.size // 2, what)
-        dec = self._decoder
-        if dec is None:
-            dec = self._decoder = huffman.get_decoder(self.lengths, self.max_code_len)
+        args = self._small_args if n < SMALL_CHUNK else self._decode_args
+        if args is None:    # the kernel's table arguments, built once per codec (many chunks are small)
+            self._need_table()
+            if n < SMALL_CHUNK:
+                dec = huffman.get_decoder(self.lengths, self.max_code_len, SMALL_LUT_BITS)
+                args = self._small_args = (np.empty(0, np.uint64),) + dec.tables(np.empty(0, np.uint16))
+            else:
+                dec = self._decoder = huffman.get_decoder(self.lengths, self.max_code_len)
+                args = self._decode_args = (packed_table(dec, self.mantissa_bits),) \
+                    + dec.tables(np.empty(0, np.uint16))
         flags = out.flags
         v16 = out.view("<u2") if flags.c_contiguous and flags.aligned else np.empty(n, np.uint16)
-        k = self.mantissa_bits
-        st = _decode_chunk(buf, n, nbits, E, R, k, v16, packed_table(dec, k), *dec.tables(v16))
+        st = _decode_chunk(buf, n, nbits, E, R, self.mantissa_bits, v16, *args)
         if st != huffman.OK:
             raise FormatError(f"{what} exponent stream is corrupt: {huffman._STATUS_TEXT.get(st, st)}")
         if v16.base is None:

@@ -866,10 +866,12 @@ def _shift_range(out, lo, hi, shift):
             out[i] = out[i] << shift
 
 
-def _make_packed_kernel(itemsize, umask):
-    """A 4-segment _decode_segments for packed tables (above), outputs of `itemsize` bytes (1: uint8,
-    2: uint16). umask = 63 where the entries' bits 4-5 are 0: the buffer shift then takes the entry
-    as it is (x86 masks shift counts to 6 bits); else 15."""
+def _make_packed_kernel(itemsize, umask, lut_bits, prefetch):
+    """A 4-segment _decode_segments for packed tables (above) of 1 << lut_bits entries, outputs of
+    `itemsize` bytes (1: uint8, 2: uint16). umask = 63 where the entries' bits 4-5 are 0: the
+    buffer shift then takes the entry as it is (x86 masks shift counts to 6 bits); else 15.
+    prefetch: whether the rounds prefetch `ahead` (below). The compile-time table size and the
+    prefetch pointer's lack of a bound keep what the hot loop needs in registers (x86-64 has 15)."""
 
     @nb.njit(nogil=True, cache=True)
     def decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, lut_sym, lut_info, sorted_syms,
@@ -879,8 +881,11 @@ def _make_packed_kernel(itemsize, umask):
         symbol (shift 0). lut_sym/lut_info are the decoder's generic tables (for the tails).
         Returns a status.
 
-        `ahead` (uint8 array) is what the caller reads next: each round prefetches one more cache
-        line of it, so the compute-bound rounds pull it in from memory for free.
+        `ahead` (uint8 array) is what the caller reads next: with `prefetch`, each round prefetches
+        the next cache line from its start on, so the compute-bound rounds pull it in from memory
+        for free. Rounds may outnumber its lines (exponent chunks: about 1.5 rounds per line for
+        k = 1), so prefetches may run past its end: harmless hints (a prefetch never faults), and
+        in a frame's buffer that is the next chunk.
 
         Rounds of 4 lookups per segment run while every segment has room for a round; a code
         longer than the table leaves them for one canonical step; then each segment finishes
@@ -888,7 +893,6 @@ def _make_packed_kernel(itemsize, umask):
         """
         nbytes = src.shape[0]
         n = out.shape[0]
-        lut_bits = _log2(packed.shape[0])
         if seg_bits.shape[0] != 5 or seg_out.shape[0] != 5 or seg_bits[0] != 0 or seg_out[0] != 0 \
                 or seg_out[4] != n or seg_bits[4] > 8 * nbytes or packed.shape[0] != (1 << lut_bits) \
                 or src.strides[0] != 1 or out.strides[0] != itemsize:
@@ -911,13 +915,19 @@ def _make_packed_kernel(itemsize, umask):
         sb = _addr(src)
         ob = _addr(out)
         pf = _addr(ahead)
-        pf_end = pf + np.uint64(ahead.shape[0])
-        line = np.uint64(64)
         # the table is read at random: a cold one (a tensor's first chunk) costs a miss per line
-        # unless it is fetched up front
-        tb = _addr(packed)
-        for q in range(0, 8 * packed.shape[0], 64):
-            _prefetch(tb + np.uint64(q))
+        # unless it is fetched up front (when the outputs outnumber its lines several times)
+        if prefetch and n >= 8 * packed.shape[0]:
+            tb = _addr(packed)
+            for q in range(0, 8 * packed.shape[0], 64):
+                _prefetch(tb + np.uint64(q))
+            # and the tails' tables, read by dependent lookups
+            tb = _addr(lut_info)
+            for q in range(0, 2 * lut_info.shape[0], 64):
+                _prefetch(tb + np.uint64(q))
+            tb = _addr(lut_sym)
+            for q in range(0, 8 * lut_sym.shape[0], 64):
+                _prefetch(tb + np.uint64(q))
         while True:
             # a round writes <= 16 outputs per segment (4 stores of 4 lanes) and consumes
             # <= 4 * lut_bits bits
@@ -987,8 +997,9 @@ def _make_packed_kernel(itemsize, umask):
                 b1 = (_load_be64_at(p1) | one) << (t1 & m7)
                 b2 = (_load_be64_at(p2) | one) << (t2 & m7)
                 b3 = (_load_be64_at(p3) | one) << (t3 & m7)
-                _prefetch(pf)
-                pf = min(pf + line, pf_end)
+                if prefetch:
+                    _prefetch(pf)
+                    pf += np.uint64(64)
             pos0 = np.int64(np.uint64(8) * (p0 - sb) + _ctz64(b0))
             pos1 = np.int64(np.uint64(8) * (p1 - sb) + _ctz64(b1))
             pos2 = np.int64(np.uint64(8) * (p2 - sb) + _ctz64(b2))
@@ -1039,9 +1050,12 @@ def _make_packed_kernel(itemsize, umask):
     return decode_packed
 
 
-_decode_packed16_u63 = _make_packed_kernel(2, 63)   # exponent codes, shift >= 6
-_decode_packed16_u15 = _make_packed_kernel(2, 15)   # exponent codes, shift 4 or 5
-_decode_packed8 = _make_packed_kernel(1, 63)        # byte alphabets (decode_block)
+_decode_packed16_u63 = _make_packed_kernel(2, 63, LUT_BITS, True)   # exponent codes, shift >= 6
+_decode_packed16_u15 = _make_packed_kernel(2, 15, LUT_BITS, True)   # exponent codes, shift 4 or 5
+# byte alphabets (decode_block), by table size
+_decode_packed8_10 = _make_packed_kernel(1, 63, 10, False)
+_decode_packed8_11 = _make_packed_kernel(1, 63, 11, False)
+_decode_packed8_12 = _make_packed_kernel(1, 63, 12, False)
 
 
 def decode(stream, nbits: int, n: int, lengths, max_len: int, out=None, what: str = "Huffman stream"):
@@ -1270,5 +1284,11 @@ def _decode_block_nb(buf, out):
             | (np.int64(buf[q + 3]) << 24)
     packed = np.empty(1 << lut_bits, np.uint64)
     _build_packed8(lut_sym8, lut_info, packed)
-    return _decode_packed8(buf[head:], seg_bits, seg_out, out, packed, 0, buf[:0], lut_sym8, lut_info,
+    if lut_bits == 12:
+        return _decode_packed8_12(buf[head:], seg_bits, seg_out, out, packed, 0, buf[:0], lut_sym8, lut_info,
+                                  sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
+    if lut_bits == 11:
+        return _decode_packed8_11(buf[head:], seg_bits, seg_out, out, packed, 0, buf[:0], lut_sym8, lut_info,
+                                  sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
+    return _decode_packed8_10(buf[head:], seg_bits, seg_out, out, packed, 0, buf[:0], lut_sym8, lut_info,
                            sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
