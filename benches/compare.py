@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data  # noqa: E402
 
+from codec.formats.frame import for_each  # noqa: E402
 from codec.policy import choose_codec  # noqa: E402
 from codec.source import ArraySource  # noqa: E402
 from codec.stats import entropy_bits_of_counts  # noqa: E402
@@ -89,15 +90,17 @@ def run_codec(tensors, threads, repeat, level=None):
         c.decode(e, o)
 
     def decompress():
-        with _Executor(threads) as ex:
-            jobs = []
-            for (c, pieces, encs), os_ in zip(frames, outs):
-                for e, p, o in zip(encs, pieces, os_):
-                    if e is None:
-                        o[:] = p
-                    else:
-                        jobs.append((c, e, o))
-            list(ex.map(dec_one, jobs))
+        # as the library decodes chunks (Frame.decode, the inference hook): largest first, threads
+        # drawing from one shared list (for_each), so a chunk costs no pool task of its own
+        jobs = []
+        for (c, pieces, encs), os_ in zip(frames, outs):
+            for e, p, o in zip(encs, pieces, os_):
+                if e is None:
+                    o[:] = p
+                else:
+                    jobs.append((c, e, o))
+        jobs.sort(key=lambda j: -j[2].size)
+        for_each(dec_one, jobs, threads)
 
     td, _ = best_time(decompress, repeat)
     for (c, pieces, encs), os_ in zip(frames, outs):

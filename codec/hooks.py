@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import BackendUnavailableError, CodecError, FormatError
+from .formats.frame import for_each
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,6 @@ class Handle:
         self.resident_bytes = 0      # compressed bytes kept in memory
         self.decoded_bytes = 0       # bytes decoded once, outside blocks
         self.buffer = None
-        self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
 
     # -- decoding ---------------------------------------------------------------------
     def _tensor_from(self, raw: np.ndarray, slot: _Slot):
@@ -161,11 +160,8 @@ class Handle:
             slot, i, out = task
             slot.frame.decode_chunk(i, out, slot.codec)
 
-        if self._pool is not None and len(tasks) > 1:
-            list(self._pool.map(one, tasks))
-        else:
-            for t in tasks:
-                one(t)
+        tasks.sort(key=lambda t: -t[2].size)     # largest first: the small ones even out the threads
+        for_each(one, tasks, self.workers)
         with torch.no_grad():
             for s in block.slots:
                 s.param.data = self._tensor_from(buf[s.offset:s.offset + s.nbytes], s)
@@ -187,9 +183,6 @@ class Handle:
                 self.decode_block(b)
                 for s in b.slots:  # own copies: the shared buffer is reused by the next block
                     s.param.data = s.param.data.clone()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
 
     def stats(self) -> dict:
         return {"blocks": len(self.blocks), "resident_compressed_bytes": self.resident_bytes,
