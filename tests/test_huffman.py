@@ -180,11 +180,11 @@ def test_block_segment_table_corruption():
         out = np.empty(data.size, np.uint8)
         with pytest.raises(FormatError):
             H.decode_block(np.frombuffer(bytes(bad), np.uint8), out)
-        assert H._decode_block_nb(np.frombuffer(bytes(bad), np.uint8), out) != H.BLK_OK
+        assert H._decode_block_nb(np.frombuffer(bytes(bad), np.uint8), out, np.empty(0, np.uint8)) != H.BLK_OK
         with pytest.raises(FormatError):
             ref.huffman_block_decode(bytes(bad), data.size)
     out = np.empty(data.size, np.uint8)
-    assert H._decode_block_nb(np.frombuffer(bytes(blk), np.uint8), out) == H.BLK_OK
+    assert H._decode_block_nb(np.frombuffer(bytes(blk), np.uint8), out, np.empty(0, np.uint8)) == H.BLK_OK
     assert np.array_equal(out, data)
 
 
@@ -197,7 +197,7 @@ def test_block_packed_kernel_long_codes_and_corruption(n):
     blk = np.frombuffer(H.encode_block(data), np.uint8)
     assert H.unpack_lengths(blk[4:], "t")[0].max() > 12
     out = np.empty(n, np.uint8)
-    assert H._decode_block_nb(blk, out) == H.BLK_OK
+    assert H._decode_block_nb(blk, out, blk) == H.BLK_OK
     assert np.array_equal(out, data)
     assert np.array_equal(H.decode_block(blk, np.empty(n, np.uint8)), data)
     for _ in range(30):     # corrupt bitstreams: an error status or some output, never a crash
@@ -205,4 +205,4 @@ def test_block_packed_kernel_long_codes_and_corruption(n):
         for _ in range(int(rng.integers(1, 6))):
             i = int(rng.integers(4, bad.size))
             bad[i] ^= np.uint8(1 << int(rng.integers(0, 8)))
-        H._decode_block_nb(bad, out)
+        H._decode_block_nb(bad, out, bad)

@@ -866,12 +866,12 @@ def _shift_range(out, lo, hi, shift):
             out[i] = out[i] << shift
 
 
-def _make_packed_kernel(itemsize, umask, lut_bits, prefetch):
+def _make_packed_kernel(itemsize, umask, lut_bits):
     """A 4-segment _decode_segments for packed tables (above) of 1 << lut_bits entries, outputs of
     `itemsize` bytes (1: uint8, 2: uint16). umask = 63 where the entries' bits 4-5 are 0: the
     buffer shift then takes the entry as it is (x86 masks shift counts to 6 bits); else 15.
-    prefetch: whether the rounds prefetch `ahead` (below). The compile-time table size and the
-    prefetch pointer's lack of a bound keep what the hot loop needs in registers (x86-64 has 15)."""
+    The compile-time table size and the prefetch pointer's lack of a bound keep what the hot loop
+    needs in registers (x86-64 has 15)."""
 
     @nb.njit(nogil=True, cache=True)
     def decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, lut_sym, lut_info, sorted_syms,
@@ -881,7 +881,7 @@ def _make_packed_kernel(itemsize, umask, lut_bits, prefetch):
         symbol (shift 0). lut_sym/lut_info are the decoder's generic tables (for the tails).
         Returns a status.
 
-        `ahead` (uint8 array) is what the caller reads next: with `prefetch`, each round prefetches
+        `ahead` (uint8 array) is what the caller reads next: each round prefetches
         the next cache line from its start on, so the compute-bound rounds pull it in from memory
         for free. Rounds may outnumber its lines (exponent chunks: about 1.5 rounds per line for
         k = 1), so prefetches may run past its end: harmless hints (a prefetch never faults), and
@@ -917,7 +917,7 @@ def _make_packed_kernel(itemsize, umask, lut_bits, prefetch):
         pf = _addr(ahead)
         # the table is read at random: a cold one (a tensor's first chunk) costs a miss per line
         # unless it is fetched up front (when the outputs outnumber its lines several times)
-        if prefetch and n >= 8 * packed.shape[0]:
+        if n >= 8 * packed.shape[0]:
             tb = _addr(packed)
             for q in range(0, 8 * packed.shape[0], 64):
                 _prefetch(tb + np.uint64(q))
@@ -997,9 +997,8 @@ def _make_packed_kernel(itemsize, umask, lut_bits, prefetch):
                 b1 = (_load_be64_at(p1) | one) << (t1 & m7)
                 b2 = (_load_be64_at(p2) | one) << (t2 & m7)
                 b3 = (_load_be64_at(p3) | one) << (t3 & m7)
-                if prefetch:
-                    _prefetch(pf)
-                    pf += np.uint64(64)
+                _prefetch(pf)
+                pf += np.uint64(64)
             pos0 = np.int64(np.uint64(8) * (p0 - sb) + _ctz64(b0))
             pos1 = np.int64(np.uint64(8) * (p1 - sb) + _ctz64(b1))
             pos2 = np.int64(np.uint64(8) * (p2 - sb) + _ctz64(b2))
@@ -1050,12 +1049,12 @@ def _make_packed_kernel(itemsize, umask, lut_bits, prefetch):
     return decode_packed
 
 
-_decode_packed16_u63 = _make_packed_kernel(2, 63, LUT_BITS, True)   # exponent codes, shift >= 6
-_decode_packed16_u15 = _make_packed_kernel(2, 15, LUT_BITS, True)   # exponent codes, shift 4 or 5
+_decode_packed16_u63 = _make_packed_kernel(2, 63, LUT_BITS)   # exponent codes, shift >= 6
+_decode_packed16_u15 = _make_packed_kernel(2, 15, LUT_BITS)   # exponent codes, shift 4 or 5
 # byte alphabets (decode_block), by table size
-_decode_packed8_10 = _make_packed_kernel(1, 63, 10, False)
-_decode_packed8_11 = _make_packed_kernel(1, 63, 11, False)
-_decode_packed8_12 = _make_packed_kernel(1, 63, 12, False)
+_decode_packed8_10 = _make_packed_kernel(1, 63, 10)
+_decode_packed8_11 = _make_packed_kernel(1, 63, 11)
+_decode_packed8_12 = _make_packed_kernel(1, 63, 12)
 
 
 def decode(stream, nbits: int, n: int, lengths, max_len: int, out=None, what: str = "Huffman stream"):
@@ -1206,10 +1205,15 @@ def decode_block(buf: np.ndarray, out: np.ndarray, what: str = "Huffman block") 
     seg_bits[1:BLOCK_SEGMENTS] = buf[4 + used:head].view("<u4")
     seg_bits[BLOCK_SEGMENTS] = nbits
     seg_out = np.array([(j * n) // BLOCK_SEGMENTS for j in range(BLOCK_SEGMENTS + 1)], np.int64)
-    # a smaller table for smaller blocks: building it costs about as much as decoding 2-4 symbols
-    # per entry, and every block has its own table
-    lut_bits = 12 if n >= (1 << 19) else 11 if n >= (1 << 17) else 10
+    lut_bits = _block_lut_bits(n)
     return get_decoder(lengths, BLOCK_MAX_LEN, lut_bits).decode_segments(body, seg_bits, seg_out, out, what)
+
+
+@nb.njit(nogil=True, cache=True)
+def _block_lut_bits(n):
+    """Table size for a block of n symbols: a smaller table for smaller blocks, since building it
+    costs about as much as decoding 2-4 symbols per entry and every block has its own table."""
+    return 12 if n >= (1 << 19) else 11 if n >= (1 << 17) else 10 if n >= (1 << 13) else 8
 
 
 # block decoding entirely in numba (for callers that decode many blocks, e.g. bytegroup planes)
@@ -1228,8 +1232,9 @@ BLOCK_STATUS_TEXT = {
 
 
 @nb.njit(nogil=True, cache=True)
-def _decode_block_nb(buf, out):
-    """decode_block in one call: returns a status (BLK_OK, BLK_ERR_*, or a _decode_segments one)."""
+def _decode_block_nb(buf, out, ahead):
+    """decode_block in one call: returns a status (BLK_OK, BLK_ERR_*, or a _decode_segments one).
+    `ahead`: what the caller reads next, prefetched while decoding (see _make_packed_kernel)."""
     size = buf.shape[0]
     n = out.shape[0]
     if size < 4 + 32:
@@ -1262,7 +1267,7 @@ def _decode_block_nb(buf, out):
     lo, hi, kraft = _length_stats(lengths)
     if kraft > (np.int64(1) << MAX_CODE_LEN):
         return BLK_ERR_TABLE
-    lut_bits = 12 if n >= (1 << 19) else 11 if n >= (1 << 17) else 10
+    lut_bits = _block_lut_bits(n)
     lut_sym = np.empty(1 << lut_bits, np.uint64)
     lut_sym8 = np.empty(1 << lut_bits, np.uint64)
     lut_info = np.empty(1 << lut_bits, np.uint16)
@@ -1282,13 +1287,16 @@ def _decode_block_nb(buf, out):
         q = head - BLOCK_TRAILER + 4 * (j - 1)
         seg_bits[j] = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16) \
             | (np.int64(buf[q + 3]) << 24)
+    if lut_bits < 10:
+        return _decode_segments(buf[head:], seg_bits, seg_out, out, lut_sym8, lut_info, sorted_syms,
+                                first_code, first_index, len_count, BLOCK_MAX_LEN)
     packed = np.empty(1 << lut_bits, np.uint64)
     _build_packed8(lut_sym8, lut_info, packed)
     if lut_bits == 12:
-        return _decode_packed8_12(buf[head:], seg_bits, seg_out, out, packed, 0, buf[:0], lut_sym8, lut_info,
+        return _decode_packed8_12(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, lut_sym8, lut_info,
                                   sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
     if lut_bits == 11:
-        return _decode_packed8_11(buf[head:], seg_bits, seg_out, out, packed, 0, buf[:0], lut_sym8, lut_info,
+        return _decode_packed8_11(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, lut_sym8, lut_info,
                                   sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
-    return _decode_packed8_10(buf[head:], seg_bits, seg_out, out, packed, 0, buf[:0], lut_sym8, lut_info,
+    return _decode_packed8_10(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, lut_sym8, lut_info,
                            sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)

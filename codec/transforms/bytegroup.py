@@ -175,18 +175,31 @@ def _decode_chunk(buf, s, rot, planes, out):
         return _ERR_TOTAL
     if zstd:
         return _NEEDS_ZSTD
-    # Huffman planes decode into `planes`; raw planes are read in place by the merge
+    # Huffman planes decode into `planes`; raw planes are read in place by the merge, so while a
+    # plane decodes (compute-bound) the raw planes are prefetched: all of them during the first
+    # Huffman plane (in practice the only one)
     src = np.empty(s, np.int64)      # per plane: -1 = planes[p], else its offset in buf
     off = 5 * s
+    raw_lo = size
+    raw_hi = 0
     for p in range(s):
-        m = buf[5 * p]
         ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
             | (np.int64(buf[5 * p + 4]) << 24)
-        if m == RAW:
+        if buf[5 * p] == RAW:
             src[p] = off
+            raw_lo = min(raw_lo, off)
+            raw_hi = max(raw_hi, off + ln)
         else:
             src[p] = -1
-            st = huffman._decode_block_nb(buf[off:off + ln], planes[p])
+        off += ln
+    off = 5 * s
+    for p in range(s):
+        ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
+            | (np.int64(buf[5 * p + 4]) << 24)
+        if src[p] < 0:
+            body = buf[off:off + ln]
+            st = huffman._decode_block_nb(body, planes[p], buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
+            raw_hi = raw_lo
             if st != 0:
                 return _ERR_PLANE + 100 * p + st
         off += ln
