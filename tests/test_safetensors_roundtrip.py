@@ -173,3 +173,49 @@ def test_in_memory_api(tmp_path):
         codec.compress([1, 2, 3])
     with pytest.raises(codec.UnknownCodecError):
         codec.compress(x, codec="nope")
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+def test_for_each_runs_every_item_once(workers):
+    import threading
+
+    from codec.formats.frame import for_each
+
+    seen, threads, lock = [], set(), threading.Lock()
+
+    def fn(i):
+        with lock:
+            seen.append(i)
+            threads.add(threading.get_ident())
+
+    for_each(fn, range(200, 0, -1), workers)
+    assert sorted(seen) == list(range(1, 201))
+    assert len(threads) <= workers
+
+
+def test_for_each_raises_the_first_error_after_all_threads_stop():
+    import threading
+
+    from codec.errors import FormatError
+    from codec.formats.frame import for_each
+
+    started, lock = [], threading.Lock()
+
+    def fn(i):
+        with lock:
+            started.append(i)
+        if i == 50:
+            raise FormatError("chunk 50 is corrupt")
+
+    with pytest.raises(FormatError, match="chunk 50"):
+        for_each(fn, range(100), 2)
+    assert 50 in started and len(started) == len(set(started))
+
+
+def test_frame_decode_with_workers_matches(tmp_path):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(300_000) * 0.02).astype(np.float32)
+    frame = codec.compress(x, chunk_size=1 << 16)
+    for w in (1, 2, 4):
+        y = codec.decompress(frame, workers=w)
+        assert bits_equal(x, y)
