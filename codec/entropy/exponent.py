@@ -348,11 +348,11 @@ def _decode_chunk(buf, n, nbits, E, R, k, v16, packed, lut_sym, lut_info, sorted
         return st
     rem = buf[HEADER + E:HEADER + E + R]    # the merge's input: prefetched during the Huffman pass
     if k <= 1:      # the packed entries' bits 4-5 are free
-        st = huffman._decode_packed16_u63(src, seg_bits, seg_out, v16, packed, 7 - k, rem, lut_sym,
-                                          lut_info, sorted_syms, first_code, first_index, len_count, max_len)
+        st = huffman._decode_packed16_u63(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
+                                          first_code, first_index, len_count, max_len)
     else:
-        st = huffman._decode_packed16_u15(src, seg_bits, seg_out, v16, packed, 7 - k, rem, lut_sym,
-                                          lut_info, sorted_syms, first_code, first_index, len_count, max_len)
+        st = huffman._decode_packed16_u15(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
+                                          first_code, first_index, len_count, max_len)
     if st == huffman.OK:
         _merge_range(v16, buf, HEADER + E, R, k, 0, n)
     return st

@@ -809,11 +809,14 @@ def _decode_segments(src, seg_bits, seg_out, out, lut_sym, lut_info, sorted_syms
 # Packed tables: one uint64 per LUT index holds all a fast lookup needs, so a lookup does one
 # table load (lut_sym + lut_info take two). Bits 0-3: the bits the entry's codes use (0 = slow
 # path: the first code is longer than the table or matches nothing).
-# - uint8 outputs (_build_packed8): bits 8-11 the count, bits 32-63 the symbols (byte j at 32 + 8j).
+# - uint8 outputs (_build_packed8): bits 8-11 the count, bits 12-15 the length of the first code
+#   alone, bits 32-63 the symbols (byte j at 32 + 8j).
 # - uint16 outputs whose symbols leave the low `shift` >= 4 bits of their lane free (exponent
 #   symbols shifted into place, _build_packed16): lane j (bits 16j..16j+15) holds symbol j << shift,
-#   lane 1's low 4 bits the bytes the symbols fill (2 * count); the caller masks the low `shift`
-#   bits of every output.
+#   lane 1's low 4 bits the bytes the symbols fill (2 * count), lane 2's the length of the first
+#   code alone; the caller masks the low `shift` bits of every output.
+# The first code's length lets the tails (one code at a time, bounds-checked) use the same table,
+# so a decode touches no other one: a tensor's first chunk finds it cold.
 # Bits 4-5 are 0 except for uint16 entries with shift < 6.
 @nb.njit(nogil=True, cache=True)
 def _build_packed16(lut_sym, lut_info, shift, packed):
@@ -825,7 +828,8 @@ def _build_packed16(lut_sym, lut_info, shift, packed):
             for j in range(nsym):
                 sym = (lut_sym[i] >> np.uint64(16 * j)) & np.uint64(0xFFFF)
                 e |= (sym << np.uint64(shift)) << np.uint64(16 * j)
-            e |= np.uint64(info & 15) | (np.uint64(2 * nsym) << np.uint64(16))
+            e |= np.uint64(info & 15) | (np.uint64(2 * nsym) << np.uint64(16)) \
+                | (np.uint64((info >> 12) & 15) << np.uint64(32))
         packed[i] = e
 
 
@@ -836,7 +840,8 @@ def _build_packed8(lut_sym8, lut_info, packed):
         nsym = (info >> 8) & 15
         e = np.uint64(0)
         if nsym > 0:
-            e = (lut_sym8[i] << np.uint64(32)) | np.uint64(info & 15) | (np.uint64(nsym) << np.uint64(8))
+            e = (lut_sym8[i] << np.uint64(32)) | np.uint64(info & 15) | (np.uint64(nsym) << np.uint64(8)) \
+                | (np.uint64((info >> 12) & 15) << np.uint64(12))
         packed[i] = e
 
 
@@ -866,6 +871,48 @@ def _shift_range(out, lo, hi, shift):
             out[i] = out[i] << shift
 
 
+def _make_packed_tail(itemsize, lut_bits):
+    """_seg_finish for a packed kernel: the same bounds-checked one-code steps, reading the first
+    code's length and output lane from the packed entry, so a decode touches no other table."""
+    len1_shift = np.uint64(32 if itemsize == 2 else 12)
+    lane_shift = np.uint64(0 if itemsize == 2 else 32)
+    lane_mask = np.uint64(0xFFFF if itemsize == 2 else 0xFF)
+
+    @nb.njit(nogil=True, cache=True)
+    def seg_finish(src, pos, o, end, end_bit, out, packed, shift, sorted_syms, first_code,
+                   first_index, len_count, max_len):
+        nbytes = src.shape[0]
+        sh = np.uint64(64 - lut_bits)
+        while o < end:
+            q = pos >> 3
+            if q + 8 <= nbytes:
+                buf = _load_be64(src, q)
+            else:
+                buf = np.uint64(0)
+                for t in range(8):
+                    if q + t < nbytes:
+                        buf |= np.uint64(src[q + t]) << np.uint64(56 - 8 * t)
+            buf <<= np.uint64(pos & 7)
+            e = packed[buf >> sh]
+            len1 = np.int64((e >> len1_shift) & np.uint64(15))
+            if len1 > 0:
+                out[o] = (e >> lane_shift) & lane_mask
+                pos += len1
+            else:
+                s, ln = _slow_symbol(buf, sorted_syms, first_code, first_index, len_count, max_len, lut_bits)
+                if ln == 0:
+                    return ERR_BAD_CODE
+                out[o] = s << shift
+                pos += ln
+            o += 1
+            if pos > 8 * nbytes:
+                return ERR_EXHAUSTED
+        if pos != end_bit:
+            return ERR_LENGTH
+        return OK
+    return seg_finish
+
+
 def _make_packed_kernel(itemsize, umask, lut_bits):
     """A 4-segment _decode_segments for packed tables (above) of 1 << lut_bits entries, outputs of
     `itemsize` bytes (1: uint8, 2: uint16). umask = 63 where the entries' bits 4-5 are 0: the
@@ -873,13 +920,15 @@ def _make_packed_kernel(itemsize, umask, lut_bits):
     The compile-time table size and the prefetch pointer's lack of a bound keep what the hot loop
     needs in registers (x86-64 has 15)."""
 
+    seg_finish = _make_packed_tail(itemsize, lut_bits)
+
     @nb.njit(nogil=True, cache=True)
-    def decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, lut_sym, lut_info, sorted_syms,
-                      first_code, first_index, len_count, max_len):
+    def decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, sorted_syms, first_code,
+                      first_index, len_count, max_len):
         """Decode the 4 segments of one stream interleaved into out (see Decoder.decode_segments);
         uint16 outputs get symbol << shift plus garbage in the low `shift` bits, uint8 ones the
-        symbol (shift 0). lut_sym/lut_info are the decoder's generic tables (for the tails).
-        Returns a status.
+        symbol (shift 0). The other tables are the decoder's canonical ones (codes longer than
+        the lookup). Returns a status.
 
         `ahead` (uint8 array) is what the caller reads next: each round prefetches
         the next cache line from its start on, so the compute-bound rounds pull it in from memory
@@ -920,13 +969,6 @@ def _make_packed_kernel(itemsize, umask, lut_bits):
         if n >= 8 * packed.shape[0]:
             tb = _addr(packed)
             for q in range(0, 8 * packed.shape[0], 64):
-                _prefetch(tb + np.uint64(q))
-            # and the tails' tables, read by dependent lookups
-            tb = _addr(lut_info)
-            for q in range(0, 2 * lut_info.shape[0], 64):
-                _prefetch(tb + np.uint64(q))
-            tb = _addr(lut_sym)
-            for q in range(0, 8 * lut_sym.shape[0], 64):
                 _prefetch(tb + np.uint64(q))
         while True:
             # a round writes <= 16 outputs per segment (4 stores of 4 lanes) and consumes
@@ -1027,25 +1069,19 @@ def _make_packed_kernel(itemsize, umask, lut_bits):
                 _shift_range(out, o3 - 1, o3, shift)
             if st != OK:
                 return st
-        # the tails: generic bounds-checked decoding (unshifted symbols), then shifted into place
-        st = _seg_finish(src, pos0, o0, e0, seg_bits[1], out, lut_sym, lut_info, sorted_syms,
-                         first_code, first_index, len_count, max_len)
+        # the tails: one bounds-checked code at a time, from the same table (outputs in place)
+        st = seg_finish(src, pos0, o0, e0, seg_bits[1], out, packed, shift, sorted_syms, first_code,
+                        first_index, len_count, max_len)
         if st == OK:
-            st = _seg_finish(src, pos1, o1, e1, seg_bits[2], out, lut_sym, lut_info, sorted_syms,
-                             first_code, first_index, len_count, max_len)
+            st = seg_finish(src, pos1, o1, e1, seg_bits[2], out, packed, shift, sorted_syms, first_code,
+                            first_index, len_count, max_len)
         if st == OK:
-            st = _seg_finish(src, pos2, o2, e2, seg_bits[3], out, lut_sym, lut_info, sorted_syms,
-                             first_code, first_index, len_count, max_len)
+            st = seg_finish(src, pos2, o2, e2, seg_bits[3], out, packed, shift, sorted_syms, first_code,
+                            first_index, len_count, max_len)
         if st == OK:
-            st = _seg_finish(src, pos3, o3, e3, seg_bits[4], out, lut_sym, lut_info, sorted_syms,
-                             first_code, first_index, len_count, max_len)
-        if st != OK:
-            return st
-        _shift_range(out, o0, e0, shift)
-        _shift_range(out, o1, e1, shift)
-        _shift_range(out, o2, e2, shift)
-        _shift_range(out, o3, e3, shift)
-        return OK
+            st = seg_finish(src, pos3, o3, e3, seg_bits[4], out, packed, shift, sorted_syms, first_code,
+                            first_index, len_count, max_len)
+        return st
     return decode_packed
 
 
@@ -1293,10 +1329,10 @@ def _decode_block_nb(buf, out, ahead):
     packed = np.empty(1 << lut_bits, np.uint64)
     _build_packed8(lut_sym8, lut_info, packed)
     if lut_bits == 12:
-        return _decode_packed8_12(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, lut_sym8, lut_info,
-                                  sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
+        return _decode_packed8_12(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                  first_code, first_index, len_count, BLOCK_MAX_LEN)
     if lut_bits == 11:
-        return _decode_packed8_11(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, lut_sym8, lut_info,
-                                  sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
-    return _decode_packed8_10(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, lut_sym8, lut_info,
-                           sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
+        return _decode_packed8_11(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                  first_code, first_index, len_count, BLOCK_MAX_LEN)
+    return _decode_packed8_10(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                           first_code, first_index, len_count, BLOCK_MAX_LEN)
