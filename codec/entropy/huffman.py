@@ -620,6 +620,21 @@ def _slow_step(src, pos, o, out, sorted_syms, first_code, first_index, len_count
 
 
 @nb.njit(nogil=True, cache=True)
+def _window(src, pos):
+    """The 64 stream bits from bit pos on (MSB-first), zero past the end of src (bounds-checked)."""
+    q = pos >> 3
+    nbytes = src.shape[0]
+    if q + 8 <= nbytes:
+        buf = _load_be64(src, q)
+    else:
+        buf = np.uint64(0)
+        for t in range(8):
+            if q + t < nbytes:
+                buf |= np.uint64(src[q + t]) << np.uint64(56 - 8 * t)
+    return buf << np.uint64(pos & 7)
+
+
+@nb.njit(nogil=True, cache=True)
 def _seg_finish(src, pos0, o0, end, end_bit, out, lut_sym, lut_info, sorted_syms, first_code,
                 first_index, len_count, max_len):
     """Decode one segment's outputs [o, end) from bit pos0 on; its codes must end at end_bit."""
@@ -652,15 +667,7 @@ def _seg_finish(src, pos0, o0, end, end_bit, out, lut_sym, lut_info, sorted_syms
     pos = pos0
     o = o0
     while o < end:
-        q = pos >> 3
-        if q + 8 <= nbytes:
-            buf = _load_be64(src, q)
-        else:
-            buf = np.uint64(0)
-            for t in range(8):
-                if q + t < nbytes:
-                    buf |= np.uint64(src[q + t]) << np.uint64(56 - 8 * t)
-        buf <<= np.uint64(pos & 7)
+        buf = _window(src, pos)
         info = np.int64(lut_info[buf >> lut_shift])
         len1 = info >> 12
         if len1 > 0:
@@ -884,15 +891,7 @@ def _make_packed_tail(itemsize, lut_bits):
         nbytes = src.shape[0]
         sh = np.uint64(64 - lut_bits)
         while o < end:
-            q = pos >> 3
-            if q + 8 <= nbytes:
-                buf = _load_be64(src, q)
-            else:
-                buf = np.uint64(0)
-                for t in range(8):
-                    if q + t < nbytes:
-                        buf |= np.uint64(src[q + t]) << np.uint64(56 - 8 * t)
-            buf <<= np.uint64(pos & 7)
+            buf = _window(src, pos)
             e = packed[buf >> sh]
             len1 = np.int64((e >> len1_shift) & np.uint64(15))
             if len1 > 0:
