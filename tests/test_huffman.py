@@ -206,3 +206,31 @@ def test_block_packed_kernel_long_codes_and_corruption(n):
             i = int(rng.integers(4, bad.size))
             bad[i] ^= np.uint8(1 << int(rng.integers(0, 8)))
         H._decode_block_nb(bad, out, bad)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_range_builder_matches_entry_builder(seed):
+    # _build_packed8_ranges (block decoding) must give exactly the table of _build_decoder +
+    # _build_packed8, for complete and incomplete codes, short and long ones
+    rng = np.random.default_rng(seed)
+    for trial in range(40):
+        nsym = int(rng.integers(1, 257))
+        counts = np.zeros(256, np.int64)
+        counts[rng.choice(256, nsym, replace=False)] = (rng.pareto(rng.uniform(0.3, 3), nsym) * 100 + 1).astype(np.int64)
+        lengths = H.code_lengths(counts, 15)
+        if trial % 3 == 0 and (lengths > 0).sum() > 2:
+            lengths[np.flatnonzero(lengths)[0]] = 0      # a hole in the code space
+        for bits in (10, 11, 12):
+            lut_sym, lut_sym8, lut_info = (np.zeros(1 << bits, np.uint64), np.zeros(1 << bits, np.uint64),
+                                           np.zeros(1 << bits, np.uint16))
+            canon = [np.zeros(256, np.int64)] + [np.zeros(H.MAX_CODE_LEN + 1, np.int64) for _ in range(3)]
+            H._build_decoder(lengths, bits, lut_sym, lut_sym8, lut_info, *canon)
+            want = np.empty(1 << bits, np.uint64)
+            H._build_packed8(lut_sym8, lut_info, want)
+            canon2 = [np.zeros(256, np.int64)] + [np.zeros(H.MAX_CODE_LEN + 1, np.int64) for _ in range(3)]
+            H._canonical_tables(lengths, *canon2)
+            got = np.full(1 << bits, 0xDEAD, np.uint64)     # every entry must be written
+            H._build_packed8_ranges(lengths, bits, canon2[1], canon2[2], canon2[3], canon2[0], got)
+            assert np.array_equal(got, want)
+            for a, b in zip(canon, canon2):
+                assert np.array_equal(a, b)

@@ -444,11 +444,10 @@ def _prefetch(typingctx, addr):
 
 
 @nb.njit(nogil=True, cache=True)
-def _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
-                   first_index, len_count):
-    """Fill the multi-symbol lookup tables (see above) and the canonical slow-path tables."""
+def _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count):
+    """The canonical slow-path tables: symbols sorted by (length, value), and per length the first
+    code, its index in sorted_syms and the count."""
     n = lengths.shape[0]
-    codes = _canonical_codes(lengths)
     for ln in range(MAX_CODE_LEN + 1):
         len_count[ln] = 0
     for i in range(n):
@@ -467,6 +466,80 @@ def _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, 
         if ln > 0:
             sorted_syms[nxt[ln]] = sym
             nxt[ln] += 1
+
+
+@nb.njit(nogil=True, cache=True)
+def _fill(a, lo, hi, v):
+    for q in range(lo, hi):     # most ranges are a few entries: a loop beats a slice assignment
+        a[q] = v
+
+
+@nb.njit(nogil=True, cache=True)
+def _build_packed8_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed):
+    """_build_decoder + _build_packed8 in one pass over the code sequences instead of the entries
+    (the same table, checked by a test; byte alphabets; needs the canonical tables).
+
+    Canonical codes of length <= r, left-aligned to r bits, cover exactly [0, K[r]) of the r-bit
+    patterns, so a node that has decoded k codes with r bits left owns a range of 2^r entries:
+    its fitting codes each own a sub-range (children), and the rest [K[r], 2^r) gets the node's
+    own entry. Walking up to 4 levels of codes fills every entry once, as contiguous ranges; the
+    per-entry build walks up to 4 dependent codes for every entry, and a bytegroup chunk builds a
+    table for each of its Huffman planes.
+    """
+    B = lut_bits
+    K = np.zeros(B + 1, np.int64)       # patterns covered by codes of length <= r
+    fit = np.zeros(B + 1, np.int64)     # codes of length <= r (a prefix of sorted_syms)
+    for r in range(1, B + 1):
+        K[r] = 2 * K[r - 1] + len_count[r]
+        fit[r] = fit[r - 1] + len_count[r]
+    m = fit[B]
+    cl = np.empty(m, np.int64)          # length, left-aligned code, symbol of each fitting code
+    cc = np.empty(m, np.int64)
+    cs = np.empty(m, np.uint64)
+    t = 0
+    for ln in range(1, B + 1):
+        for j in range(len_count[ln]):
+            cl[t] = ln
+            cc[t] = first_code[ln] + j
+            cs[t] = np.uint64(sorted_syms[first_index[ln] + j])
+            t += 1
+    _fill(packed, K[B], 1 << B, np.uint64(0))    # the first code is longer than the table: slow path
+    one = np.uint64(1 << 8)
+    for i1 in range(fit[B]):
+        l1 = cl[i1]
+        r1 = B - l1
+        b1 = cc[i1] << r1
+        s1 = cs[i1]
+        head = np.uint64(l1 << 12)      # the first code's length
+        _fill(packed, b1 + K[r1], b1 + (1 << r1), (s1 << np.uint64(32)) | np.uint64(l1) | one | head)
+        for i2 in range(fit[r1]):
+            l2 = cl[i2]
+            r2 = r1 - l2
+            b2 = b1 + (cc[i2] << r2)
+            s2 = s1 | (cs[i2] << np.uint64(8))
+            _fill(packed, b2 + K[r2], b2 + (1 << r2), (s2 << np.uint64(32)) | np.uint64(l1 + l2) | (2 * one) | head)
+            for i3 in range(fit[r2]):
+                l3 = cl[i3]
+                r3 = r2 - l3
+                b3 = b2 + (cc[i3] << r3)
+                s3 = s2 | (cs[i3] << np.uint64(16))
+                u3 = l1 + l2 + l3
+                _fill(packed, b3 + K[r3], b3 + (1 << r3), (s3 << np.uint64(32)) | np.uint64(u3) | (3 * one) | head)
+                for i4 in range(fit[r3]):
+                    l4 = cl[i4]
+                    r4 = r3 - l4
+                    b4 = b3 + (cc[i4] << r4)
+                    s4 = s3 | (cs[i4] << np.uint64(24))
+                    _fill(packed, b4, b4 + (1 << r4), (s4 << np.uint64(32)) | np.uint64(u3 + l4) | (4 * one) | head)
+
+
+@nb.njit(nogil=True, cache=True)
+def _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
+                   first_index, len_count):
+    """Fill the multi-symbol lookup tables (see above) and the canonical slow-path tables."""
+    n = lengths.shape[0]
+    codes = _canonical_codes(lengths)
+    _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
     size = 1 << lut_bits
     one_sym = np.zeros(size, np.int64)
     one_len = np.zeros(size, np.int64)
@@ -1303,15 +1376,10 @@ def _decode_block_nb(buf, out, ahead):
     if kraft > (np.int64(1) << MAX_CODE_LEN):
         return BLK_ERR_TABLE
     lut_bits = _block_lut_bits(n)
-    lut_sym = np.empty(1 << lut_bits, np.uint64)
-    lut_sym8 = np.empty(1 << lut_bits, np.uint64)
-    lut_info = np.empty(1 << lut_bits, np.uint16)
     sorted_syms = np.zeros(256, np.int64)
     first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
     first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
     len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
-                   first_index, len_count)
     seg_bits = np.empty(BLOCK_SEGMENTS + 1, np.int64)
     seg_out = np.empty(BLOCK_SEGMENTS + 1, np.int64)
     seg_bits[0] = 0
@@ -1323,10 +1391,16 @@ def _decode_block_nb(buf, out, ahead):
         seg_bits[j] = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16) \
             | (np.int64(buf[q + 3]) << 24)
     if lut_bits < 10:
+        lut_sym = np.empty(1 << lut_bits, np.uint64)
+        lut_sym8 = np.empty(1 << lut_bits, np.uint64)
+        lut_info = np.empty(1 << lut_bits, np.uint16)
+        _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
+                       first_index, len_count)
         return _decode_segments(buf[head:], seg_bits, seg_out, out, lut_sym8, lut_info, sorted_syms,
                                 first_code, first_index, len_count, BLOCK_MAX_LEN)
+    _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
     packed = np.empty(1 << lut_bits, np.uint64)
-    _build_packed8(lut_sym8, lut_info, packed)
+    _build_packed8_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed)
     if lut_bits == 12:
         return _decode_packed8_12(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                   first_code, first_index, len_count, BLOCK_MAX_LEN)
