@@ -1321,7 +1321,7 @@ def decode_block(buf: np.ndarray, out: np.ndarray, what: str = "Huffman block") 
 def _block_lut_bits(n):
     """Table size for a block of n symbols: a smaller table for smaller blocks, since building it
     costs about as much as decoding 2-4 symbols per entry and every block has its own table."""
-    return 12 if n >= (1 << 19) else 11 if n >= (1 << 17) else 10 if n >= (1 << 13) else 8
+    return 12 if n >= (1 << 17) else 11 if n >= (1 << 15) else 10 if n >= (1 << 13) else 8
 
 
 # block decoding entirely in numba (for callers that decode many blocks, e.g. bytegroup planes)
