@@ -129,6 +129,12 @@ def bytegroup_decode(payload: bytes, config: dict, n_bytes: int) -> np.ndarray:
             planes.append(huffman_block_decode(body, n))
         elif m == 2:
             planes.append(np.frombuffer(zstandard.ZstdDecompressor().decompress(body, max_output_size=n), np.uint8))
+        elif m == 3:
+            nb8 = (n + 7) // 8
+            if len(body) < nb8:
+                raise FormatError("huffman7 plane shorter than its top-bit map")
+            top = np.unpackbits(np.frombuffer(body[:nb8], np.uint8), bitorder="big")[:n]
+            planes.append(huffman_block_decode(body[nb8:], n) | (top << 7).astype(np.uint8))
         else:
             raise FormatError("bad method")
     words = [0] * n

@@ -139,3 +139,59 @@ def test_numba_and_python_paths_agree(dtype):
     for bad in (e[:-1], e + b"\0", bytes([7]) + e[1:], e[:1] + b"\xff\xff\xff\x7f" + e[5:]):
         with pytest.raises(FormatError):
             c.decode(bad, out)
+
+
+def _methods(e, s):
+    return [e[5 * p] for p in range(s)]
+
+
+@pytest.mark.parametrize("n", [8, 1001, 5003, 131072])
+def test_f16_high_plane_takes_huffman7(n):
+    # F16's high byte starts with the incompressible sign: method 3 codes the low 7 bits and
+    # stores the sign raw, about the same size as method 1 but faster to decode
+    v = sample("F16", n, 4)
+    b = v.view(np.uint8)
+    c = ByteGroup().fit(ArraySource(b), "F16")
+    e = c.encode(b)
+    if n >= 1001:
+        assert _methods(e, 2)[1] == 3
+    out = np.empty_like(b)
+    c.decode(e, out)
+    assert np.array_equal(out, b)
+    assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), b.size), b)
+    slow = np.empty_like(b)
+    c._decode_py(np.frombuffer(e, np.uint8), np.empty((2, b.size // 2), np.uint8), slow, "x")
+    assert np.array_equal(slow, b)
+
+
+def test_huffman7_top_bit_map_checked():
+    v = sample("F16", 5003, 4)
+    b = v.view(np.uint8)
+    c = ByteGroup().fit(ArraySource(b), "F16")
+    e = bytearray(c.encode(b))
+    assert _methods(e, 2)[1] == 3
+    n = b.size // 2
+    ln1 = int(np.frombuffer(bytes(e[6:10]), "<u4")[0])
+    # a plane length shorter than its top-bit map, keeping the payload size consistent
+    bad = bytearray(e)
+    bad[6:10] = np.uint32((n + 7) // 8 - 1).tobytes()
+    out = np.empty_like(b)
+    with pytest.raises(FormatError):
+        c.decode(bytes(bad), out)
+    with pytest.raises(FormatError):
+        c._decode_py(np.frombuffer(bytes(bad), np.uint8), np.empty((2, n), np.uint8), out, "x")
+    # every flip in the top-bit map changes exactly that value's sign bit (raw bits, no checksum
+    # at this level: the frame's chunk checksum catches it)
+    off = 10 + int(np.frombuffer(bytes(e[1:5]), "<u4")[0])
+    for i in (0, 7, 100):
+        flip = bytearray(e)
+        flip[off + i] ^= 0x80
+        c.decode(bytes(flip), out)
+        diff = np.flatnonzero(out != b)
+        assert list(diff) == [2 * (8 * i) + 1]
+    assert ln1 > (n + 7) // 8
+    # a method past the last one
+    bad = bytearray(e)
+    bad[5] = 4
+    with pytest.raises(FormatError):
+        c.decode(bytes(bad), out)

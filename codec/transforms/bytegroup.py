@@ -12,6 +12,12 @@ each chunk is stored with the best of three methods:
                 j = 1, 2, 3 (decoders decode the 4 segments interleaved) |
                 MSB-first canonical Huffman bitstream (exactly ceil(bits/8) bytes)
     2 zstd      one Zstandard frame (no content size, no checksum)
+    3 huffman7  the plane's top bits raw, ceil(n/8) bytes (byte i's bit 7 at bit 7 - i % 8 of
+                byte i // 8), then a `huffman` block (as method 1) of the bytes' low 7 bits. For
+                F16's high byte, whose top bit is the incompressible sign: about the size of
+                method 1, but 7-bit codes are shorter, so a lookup resolves more of them and the
+                plane decodes about 20 % faster. (Readers older than this method reject it as
+                an unknown method.)
 
 Chunk payload (n = decoded bytes // s, t = decoded bytes % s trailing bytes):
     s entries of 5 bytes: u8 method, u32 LE payload length   (plane 0 first)
@@ -34,8 +40,8 @@ from ..stats import StreamStat, byte_entropy_bits
 from ..entropy import huffman
 from ..entropy.zstd import compress_bytes, decompress_into
 
-RAW, HUFFMAN, ZSTD = 0, 1, 2
-_METHOD_NAMES = {RAW: "raw", HUFFMAN: "huffman", ZSTD: "zstd"}
+RAW, HUFFMAN, ZSTD, HUFFMAN7 = 0, 1, 2, 3
+_METHOD_NAMES = {RAW: "raw", HUFFMAN: "huffman", ZSTD: "zstd", HUFFMAN7: "huffman7"}
 DEFAULT_CHUNK = 1 << 18
 
 
@@ -139,6 +145,18 @@ def _plane_counts(planes, counts):
             counts[p, 0, planes[p, i]] += 1
 
 
+@nb.njit(nogil=True, cache=True)
+def _or_top_bits(plane, bits):
+    """plane[i] |= bit i of `bits` (MSB-first) << 7: method 3's raw top bits."""
+    n = plane.shape[0]
+    for g in range(n >> 3):
+        b = np.uint8(bits[g])
+        for j in range(8):
+            plane[8 * g + j] |= (b << np.uint8(j)) & np.uint8(128)
+    for i in range(n & ~7, n):
+        plane[i] |= (np.uint8(bits[i >> 3]) << np.uint8(i & 7)) & np.uint8(128)
+
+
 _NEEDS_ZSTD = 1
 _ERR_SHORT, _ERR_METHOD, _ERR_RAWLEN, _ERR_PAST, _ERR_TOTAL = 2, 3, 4, 5, 6
 _ERR_PLANE = 1000      # + 100 * plane + block status
@@ -162,10 +180,12 @@ def _decode_chunk(buf, s, rot, planes, out):
         m = buf[5 * p]
         ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
             | (np.int64(buf[5 * p + 4]) << 24)
-        if m > ZSTD:
+        if m > HUFFMAN7:
             return _ERR_METHOD
         if m == RAW and ln != n:
             return _ERR_RAWLEN
+        if m == HUFFMAN7 and ln < (n + 7) // 8:
+            return _ERR_PAST
         if off + ln > size:
             return _ERR_PAST
         if m == ZSTD:
@@ -197,11 +217,14 @@ def _decode_chunk(buf, s, rot, planes, out):
         ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
             | (np.int64(buf[5 * p + 4]) << 24)
         if src[p] < 0:
-            body = buf[off:off + ln]
+            nb8 = (n + 7) // 8 if buf[5 * p] == HUFFMAN7 else 0     # method 3: top bits first
+            body = buf[off + nb8:off + ln]
             st = huffman._decode_block_nb(body, planes[p], buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
             raw_hi = raw_lo
             if st != 0:
                 return _ERR_PLANE + 100 * p + st
+            if nb8:
+                _or_top_bits(planes[p], buf[off:off + nb8])
         off += ln
     if s == 4:
         _merge4(planes[0] if src[0] < 0 else buf[src[0]:src[0] + n],
@@ -299,11 +322,17 @@ class ByteGroup(Codec):
                 hsize = huffman.block_size(counts[p])
                 if hsize < best_len:
                     best_m, best_len = HUFFMAN, hsize
+                # the top bit raw, the rest coded: taken when no larger (it decodes faster)
+                low7 = np.zeros(256, np.int64)      # counts of the low 7 bits (a 256-symbol table)
+                low7[:128] = counts[p][:128] + counts[p][128:]
+                h7 = (n + 7) // 8 + huffman.block_size(low7)
+                if h7 <= best_len:
+                    best_m, best_len = HUFFMAN7, h7
             if use_zstd and n:
                 z = compress_bytes(planes[p], self.zstd_level)
                 if len(z) < best_len:
                     best_m, best_len, best = ZSTD, len(z), z
-            choice.append((best_m, best_len, best))
+            choice.append((best_m, best_len, best if best_m != HUFFMAN7 else low7))
         out = np.empty(5 * s + sum(c[1] for c in choice) + tail.size + 8, np.uint8)
         off = 5 * s
         for p, (m, ln, best) in enumerate(choice):
@@ -311,6 +340,10 @@ class ByteGroup(Codec):
             out[5 * p + 1:5 * p + 5] = np.frombuffer(np.uint32(ln).tobytes(), np.uint8)
             if m == HUFFMAN:
                 huffman.encode_block_into(planes[p], counts[p], out, off)
+            elif m == HUFFMAN7:
+                nb8 = (n + 7) // 8
+                out[off:off + nb8] = np.packbits(planes[p] >> np.uint8(7))
+                huffman.encode_block_into(planes[p] & np.uint8(127), best, out, off + nb8)
             elif m == RAW:
                 out[off:off + ln] = planes[p]
             else:
@@ -334,6 +367,9 @@ class ByteGroup(Codec):
                 raise FormatError(f"{what}: plane {p} has unknown method {m}")
             if m == RAW and ln != n:
                 raise FormatError(f"{what}: raw plane {p} holds {ln} bytes, expected {n}")
+            if m == HUFFMAN7 and ln < (n + 7) // 8:
+                raise FormatError(f"{what}: huffman7 plane {p} ({ln} bytes) is shorter than its "
+                                  f"{(n + 7) // 8}-byte top-bit map")
             if off + ln > buf.size:
                 raise FormatError(f"{what}: plane {p} ({ln} bytes at {off}) runs past the payload end {buf.size}")
             entries.append((m, off, ln))
@@ -369,6 +405,10 @@ class ByteGroup(Codec):
                 planes[p] = body
             elif m == HUFFMAN:
                 huffman.decode_block(body, planes[p], f"{what} plane {p}")
+            elif m == HUFFMAN7:
+                nb8 = (n + 7) // 8
+                huffman.decode_block(body[nb8:], planes[p], f"{what} plane {p}")
+                _or_top_bits(planes[p], body[:nb8])
             else:
                 decompress_into(body, planes[p], f"{what} plane {p} (zstd)")
         _merge(planes, s, self.rotate, out)
