@@ -1,4 +1,5 @@
-"""Frozen format-1.0 and 1.1 files must keep decoding to the same bytes, forever."""
+"""Frozen format-1.0 and 1.1 files, and the fixtures of codec payload additions, must keep decoding
+to the same bytes, forever."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,10 @@ HERE = Path(__file__).parent / "fixtures" / "v1.0"
 EXPECTED = json.loads((HERE / "expected.json").read_text())
 V11 = Path(__file__).parent / "fixtures" / "v1.1"
 EXPECTED_11 = json.loads((V11 / "expected.json").read_text())
-ALL = [(HERE, n, EXPECTED[n]) for n in sorted(EXPECTED)] + [(V11, n, EXPECTED_11[n]) for n in sorted(EXPECTED_11)]
+ADD = Path(__file__).parent / "fixtures" / "additions"      # codec payload additions (SPEC 6)
+EXPECTED_ADD = json.loads((ADD / "expected.json").read_text())
+ALL = [(HERE, n, EXPECTED[n]) for n in sorted(EXPECTED)] + [(V11, n, EXPECTED_11[n]) for n in sorted(EXPECTED_11)] \
+    + [(ADD, n, EXPECTED_ADD[n]) for n in sorted(EXPECTED_ADD)]
 
 
 @pytest.mark.parametrize("where, name, spec", ALL, ids=[f"{d.name}/{n}" for d, n, _ in ALL])
@@ -49,3 +53,14 @@ def test_encoder_still_writes_golden_bytes(name):
     spec = EXPECTED[name]
     frame = codec.compress(inputs()[spec["input"]], codec=spec["codec"], chunk_size=256, dtype=spec.get("dtype"))
     assert frame == (HERE / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ADD))
+def test_addition_fixtures_use_their_method(name):
+    """Each addition fixture exercises what it was written for (bytegroup: the plane methods)."""
+    spec = EXPECTED_ADD[name]
+    fr = parse_frame((ADD / name).read_bytes())
+    assert fr.chunk_count > 1
+    for i in range(fr.chunk_count):
+        payload = bytes(fr.encoded_chunk(i))
+        assert [payload[5 * p] for p in range(len(spec["plane_methods"]))] == spec["plane_methods"]
