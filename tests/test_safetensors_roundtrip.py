@@ -219,3 +219,22 @@ def test_frame_decode_with_workers_matches(tmp_path):
     for w in (1, 2, 4):
         y = codec.decompress(frame, workers=w)
         assert bits_equal(x, y)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_payload_checksum_outranks_chunk_errors_with_threads(workers):
+    # with several threads the payload's checksum runs beside the chunk decodes; a corrupt
+    # payload must still be reported as such, whatever the chunks raise meanwhile
+    from codec.errors import ChecksumError
+    from codec.formats.frame import SEC_PAYLOAD, parse_frame
+
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(200_000) * 0.02).astype(np.float32)
+    frame = bytearray(codec.compress(x, chunk_size=1 << 16))
+    fr = parse_frame(bytes(frame))
+    sec = fr.sections[SEC_PAYLOAD]
+    for rel in (10, sec.length // 2, sec.length - 3):
+        bad = bytearray(frame)
+        bad[sec.offset + rel] ^= 0x40
+        with pytest.raises(ChecksumError, match="payload"):
+            codec.decompress(bytes(bad), workers=workers)
