@@ -553,6 +553,7 @@ class Exponent(Codec):
         return n, nbits, E, R
 
     def decode(self, encoded, out: np.ndarray) -> np.ndarray:
+        self._need_table()
         what = "exponent chunk"
         buf = np.frombuffer(encoded, np.uint8)
         if out.size % 2:
@@ -560,7 +561,6 @@ class Exponent(Codec):
         n, nbits, E, R = self._parse(buf, out.size // 2, what)
         args = self._small_args if n < SMALL_CHUNK else self._decode_args
         if args is None:    # the kernel's table arguments, built once per codec (many chunks are small)
-            self._need_table()
             if n < SMALL_CHUNK:
                 dec = huffman.get_decoder(self.lengths, self.max_code_len, SMALL_LUT_BITS)
                 args = self._small_args = (np.empty(0, np.uint64),) + dec.tables(np.empty(0, np.uint16))
