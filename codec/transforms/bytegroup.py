@@ -158,11 +158,12 @@ def _or_top_bits(plane, bits):
 
 
 _NEEDS_ZSTD = 1
-_ERR_SHORT, _ERR_METHOD, _ERR_RAWLEN, _ERR_PAST, _ERR_TOTAL = 2, 3, 4, 5, 6
+_ERR_SHORT, _ERR_METHOD, _ERR_RAWLEN, _ERR_PAST, _ERR_TOTAL, _ERR_TOPMAP = 2, 3, 4, 5, 6, 7
 _ERR_PLANE = 1000      # + 100 * plane + block status
 _LAYOUT_TEXT = {_ERR_SHORT: "payload shorter than its plane table", _ERR_METHOD: "a plane has an unknown method",
                 _ERR_RAWLEN: "a raw plane has the wrong length", _ERR_PAST: "a plane runs past the payload end",
-                _ERR_TOTAL: "payload size differs from what its plane table implies"}
+                _ERR_TOTAL: "payload size differs from what its plane table implies",
+                _ERR_TOPMAP: "a huffman7 plane is shorter than its top-bit map"}
 
 
 @nb.njit(nogil=True, cache=True)
@@ -174,6 +175,8 @@ def _decode_chunk(buf, s, rot, planes, out):
     t = out.shape[0] - n * s
     if size < 5 * s:
         return _ERR_SHORT
+    offs = np.empty(s, np.int64)     # each plane's body: offset in buf and length
+    lens = np.empty(s, np.int64)
     off = 5 * s
     zstd = False
     for p in range(s):
@@ -184,12 +187,14 @@ def _decode_chunk(buf, s, rot, planes, out):
             return _ERR_METHOD
         if m == RAW and ln != n:
             return _ERR_RAWLEN
-        if m == HUFFMAN7 and ln < (n + 7) // 8:
-            return _ERR_PAST
         if off + ln > size:
             return _ERR_PAST
+        if m == HUFFMAN7 and ln < (n + 7) // 8:
+            return _ERR_TOPMAP
         if m == ZSTD:
             zstd = True
+        offs[p] = off
+        lens[p] = ln
         off += ln
     if off + t != size:
         return _ERR_TOTAL
@@ -199,33 +204,26 @@ def _decode_chunk(buf, s, rot, planes, out):
     # plane decodes (compute-bound) the raw planes are prefetched: all of them during the first
     # Huffman plane (in practice the only one)
     src = np.empty(s, np.int64)      # per plane: -1 = planes[p], else its offset in buf
-    off = 5 * s
     raw_lo = size
     raw_hi = 0
     for p in range(s):
-        ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
-            | (np.int64(buf[5 * p + 4]) << 24)
         if buf[5 * p] == RAW:
-            src[p] = off
-            raw_lo = min(raw_lo, off)
-            raw_hi = max(raw_hi, off + ln)
+            src[p] = offs[p]
+            raw_lo = min(raw_lo, offs[p])
+            raw_hi = max(raw_hi, offs[p] + lens[p])
         else:
             src[p] = -1
-        off += ln
-    off = 5 * s
     for p in range(s):
-        ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
-            | (np.int64(buf[5 * p + 4]) << 24)
         if src[p] < 0:
+            off = offs[p]
             nb8 = (n + 7) // 8 if buf[5 * p] == HUFFMAN7 else 0     # method 3: top bits first
-            body = buf[off + nb8:off + ln]
+            body = buf[off + nb8:off + lens[p]]
             st = huffman._decode_block_nb(body, planes[p], buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
             raw_hi = raw_lo
             if st != 0:
                 return _ERR_PLANE + 100 * p + st
             if nb8:
                 _or_top_bits(planes[p], buf[off:off + nb8])
-        off += ln
     if s == 4:
         _merge4(planes[0] if src[0] < 0 else buf[src[0]:src[0] + n],
                 planes[1] if src[1] < 0 else buf[src[1]:src[1] + n],
