@@ -1,13 +1,15 @@
 """Side-by-side benchmark: codec vs zipnn, lmzip, z4ai, DFloat11 (size from its layout), zstd, bounds.
 
     python benches/compare.py [FILE.safetensors ...] [--out bench-out] [--threads 1 2] [--repeat 3]
-                              [--rounds 1] [--skip zipnn lmzip z4ai zstd max]
+                              [--rounds 1] [--skip zipnn lmzip z4ai zstd max] [--fresh-memory]
 
 Without files it uses the real weights of benches/data.py (MiniLM F32 and its BF16/F16 roundings,
 Whisper tiny F16 and its BF16 rounding). Ratio = compressed / original tensor bytes (codec: chunk
 payloads + JSON configs; lmzip: archive / whole file). Speeds are MB/s of original bytes, best of
 `--repeat` runs, over `--rounds` rounds in which every system runs once in turn (so that a slow
-phase of a shared machine hits all of them); compare rows of one run only.
+phase of a shared machine hits all of them); compare rows of one run only. Every system decodes
+into new memory; freed memory is kept for reuse, so no row pays page faults the others do not
+(keep_freed_memory; `--fresh-memory` to pay them in every row).
 Writes a table to stdout, `results.csv` and `chart.png` into the output folder.
 """
 from __future__ import annotations
@@ -35,6 +37,28 @@ from codec.stats import entropy_bits_of_counts  # noqa: E402
 CHUNK = 1 << 19
 _ZNAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 _Z4 = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F64": "fp64"}
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory (large blocks too) for reuse instead of returning it.
+
+    Every system here decodes into new memory (zipnn, z4ai and zstd allocate their outputs; codec
+    rows allocate theirs in the timed call). A block of 32 MiB or more is a fresh mmap each time
+    by default, so a run that allocates one pays the page faults of all of it and a run that
+    allocates per tensor mostly does not: on this VM first-touch faults cost 1-2 GB/s and moved
+    zipnn's BF16 decode from 2.7 to 1.4 GB/s. With freed memory kept, every system reuses warm
+    pages and the rows compare decoders (`--fresh-memory`: every run pays new pages instead).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False            # not glibc: the rows keep the allocator's default behaviour
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 def best_time(fn, repeat):
@@ -85,26 +109,33 @@ def run_codec(tensors, threads, repeat, level=None):
     for c, pieces, encs in frames:
         size += len(json.dumps(c.get_config())) + sum(len(e) if e is not None else p.size
                                                         for e, p in zip(encs, pieces))
-    outs = [[np.empty(p.size, np.uint8) for p in pieces] for _, pieces, _ in frames]
 
     def dec_one(args):
         c, e, o = args
         c.decode(e, o)
 
     def decompress():
-        # as the library decodes chunks (Frame.decode, the inference hook): largest first, threads
-        # drawing from one shared list (for_each), so a chunk costs no pool task of its own
-        jobs = []
-        for (c, pieces, encs), os_ in zip(frames, outs):
-            for e, p, o in zip(encs, pieces, os_):
+        # as the library decodes chunks (decode_frames, the inference hook): largest first,
+        # threads drawing from one shared list (for_each), so a chunk costs no pool task of its
+        # own; each tensor into a new array, as every other system here returns new memory
+        jobs, outs = [], []
+        for c, pieces, encs in frames:
+            whole = np.empty(sum(p.size for p in pieces), np.uint8)
+            os_, at = [], 0
+            for e, p in zip(encs, pieces):
+                o = whole[at:at + p.size]
+                at += p.size
+                os_.append(o)
                 if e is None:
                     o[:] = p
                 else:
                     jobs.append((c, e, o))
+            outs.append(os_)
         jobs.sort(key=lambda j: -j[2].size)
         for_each(dec_one, jobs, threads)
+        return outs
 
-    td, _ = best_time(decompress, repeat)
+    td, outs = best_time(decompress, repeat)
     for (c, pieces, encs), os_ in zip(frames, outs):
         for p, o in zip(pieces, os_):
             if not np.array_equal(p, o):
@@ -115,17 +146,18 @@ def run_codec(tensors, threads, repeat, level=None):
 
 
 def run_container(tensors, threads, repeat):
-    """(ratio, compress s, decompress s) end to end through frames: codec.compress / Frame.decode
-    per tensor (workers=threads within a tensor; tensors one after another, as decompress_file)."""
+    """(ratio, compress s, decompress s) end to end through frames: codec.compress per tensor,
+    then every frame parsed (header, config, index checksums) and decoded at once with every
+    checksum checked, as `codec.load_file` does once it has read the file (decode_frames)."""
     import codec
     from codec.dtypes import lookup
-    from codec.formats.frame import parse_frame
+    from codec.formats.frame import decode_frames, parse_frame
 
     total = sum(b.size for _, b in tensors)
     uint = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
     typed = [(dt, b.view(uint[lookup(dt).itemsize])) for dt, b in tensors]
     tc, frames = best_time(lambda: [codec.compress(b, dtype=dt, workers=threads) for dt, b in typed], repeat)
-    td, outs = best_time(lambda: [parse_frame(f).decode(workers=threads) for f in frames], repeat)
+    td, outs = best_time(lambda: decode_frames([parse_frame(f) for f in frames], workers=threads), repeat)
     for (dt, b), o in zip(tensors, outs):
         if not np.array_equal(b, o):
             raise SystemExit("codec container round trip failed")
@@ -270,7 +302,11 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every system this many times over, keeping each one's best (shared machines)")
     ap.add_argument("--skip", nargs="*", default=[], help="systems to skip (zipnn lmzip z4ai zstd max)")
+    ap.add_argument("--fresh-memory", action="store_true",
+                    help="let malloc return freed memory, so every run's outputs are new pages")
     args = ap.parse_args(argv)
+    if not args.fresh_memory:
+        keep_freed_memory()
     os.makedirs(args.out, exist_ok=True)
     files = {os.path.basename(f): f for f in args.files} or data.ensure_files(os.path.join(args.out, "data"))
 
@@ -325,7 +361,7 @@ def main(argv=None):
                 measure("codec auto", th, lambda: run_codec(tensors, th, args.repeat))
                 measure("codec auto --level max", th, lambda: run_codec(tensors, th, args.repeat, "max"))
                 measure("codec container (frames)", th, lambda: run_container(tensors, th, args.repeat),
-                        "per tensor, workers=threads")
+                        "all frames at once, every checksum")
                 measure("zipnn", th, lambda: run_zipnn(groups, th, args.repeat))
                 measure("z4ai", th, lambda: run_z4ai(groups, th, args.repeat))
                 measure("lmzip", th, lambda: run_lmzip(path, th, args.repeat))

@@ -18,7 +18,7 @@ from .errors import (  # noqa: E402
 )
 from .registry import get_codec, register_codec, registered  # noqa: E402
 
-_API = {"compress", "decompress", "compress_file", "decompress_file", "verify", "open", "inspect",
+_API = {"compress", "decompress", "compress_file", "decompress_file", "verify", "open", "load_file", "inspect",
         "CompressedFile", "Result"}
 
 

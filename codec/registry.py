@@ -1,6 +1,7 @@
 """Codec registry: ids to classes, and configs to codec instances."""
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from .abc import Codec
@@ -8,6 +9,7 @@ from .errors import FormatError, UnknownCodecError
 
 _REGISTRY: dict[str, type[Codec]] = {}
 _BUILTINS_LOADED = False
+_LOAD_LOCK = threading.RLock()     # re-entrant: importing the codecs may ask for the registry
 
 
 def register_codec(cls: type[Codec], codec_id: str | None = None) -> type[Codec]:
@@ -17,12 +19,16 @@ def register_codec(cls: type[Codec], codec_id: str | None = None) -> type[Codec]
 
 
 def _load_builtins() -> None:
-    # Imported here so that `import codec` stays cheap and cycles are impossible.
+    # Imported here so that `import codec` stays cheap and cycles are impossible. Threads may
+    # build codecs concurrently (decode_frames): the flag is set only once the import is done.
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
-    _BUILTINS_LOADED = True
-    from . import entropy  # noqa: F401  (registers raw, zstd, ...)
+    with _LOAD_LOCK:
+        if not _BUILTINS_LOADED:
+            from . import entropy  # noqa: F401  (registers raw, zstd, ...)
+
+            _BUILTINS_LOADED = True
 
 
 def registered() -> dict[str, type[Codec]]:

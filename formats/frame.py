@@ -83,6 +83,7 @@ class Frame:
     sections: dict[int, Section] = field(default_factory=dict)
     _index: np.ndarray | None = None
     _cols: tuple | None = None
+    _decoder: object = None
 
     # -- fields of the config ---------------------------------------------------------
     @property
@@ -185,20 +186,63 @@ class Frame:
 
     def decode(self, out: np.ndarray | None = None, workers: int = 1) -> np.ndarray:
         """Decode the whole frame into a flat uint8 array."""
-        if out is None:
-            out = np.empty(self.decoded_size, np.uint8)
-        elif out.size != self.decoded_size or out.dtype != np.uint8:
-            raise ValueError(f"out must be uint8 of {self.decoded_size} bytes")
-        if SEC_PAYLOAD in self.sections:
-            self.verify_section(SEC_PAYLOAD)
-        codec = self.codec if self.chunk_count else None
+        return decode_frames([self], None if out is None else [out], workers)[0]
 
-        def one(i: int) -> None:
-            s = i * self.chunk_size
-            self.decode_chunk(i, out[s:s + self.chunk_decoded_size(i)], codec)
+    def decoder(self):
+        """The frame's codec, built once (building parses its config: code tables and such)."""
+        c = self._decoder
+        if c is None:
+            c = self._decoder = self.codec
+        return c
 
-        for_each(one, range(self.chunk_count), workers)
-        return out
+
+def decode_frames(frames, outs=None, workers: int = 1) -> list[np.ndarray]:
+    """Decode several frames at once (SPEC 2.3 for each): every chunk of every frame goes into one
+    queue that `workers` threads share, largest first, beside one task per frame that verifies its
+    payload checksum. Per-frame pools leave a thread idle on every small frame (a model has a few
+    large tensors and many small ones): with 2 threads, decoding MiniLM frame by frame scaled
+    1.2x, all its frames at once about 1.8x.
+
+    `outs` (optional) are uint8 arrays of each frame's decoded size. A corrupt payload is reported
+    by its checksum (a ChecksumError), whichever task met the damage first.
+    """
+    frames = list(frames)
+    if outs is None:
+        outs = [np.empty(fr.decoded_size, np.uint8) for fr in frames]
+    else:
+        outs = list(outs)
+        if len(outs) != len(frames):
+            raise ValueError(f"{len(outs)} outputs for {len(frames)} frames")
+        for fr, out in zip(frames, outs):
+            if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 1 \
+                    or out.size != fr.decoded_size:
+                raise ValueError(f"out must be flat uint8 of {fr.decoded_size} bytes")
+    tasks = []
+    for fr, out in zip(frames, outs):
+        if SEC_PAYLOAD in fr.sections:
+            # hashing runs at ~25 GB/s, decoding at ~3: weigh it so it sorts among chunks of like cost
+            tasks.append((fr.sections[SEC_PAYLOAD].length // 8, fr, -1, out))
+        for i in range(fr.chunk_count):
+            s = i * fr.chunk_size
+            tasks.append((fr.chunk_decoded_size(i), fr, i, out[s:s + fr.chunk_decoded_size(i)]))
+    tasks.sort(key=lambda t: -t[0])
+
+    def one(task) -> None:
+        _, fr, i, out = task
+        if i < 0:
+            fr.verify_section(SEC_PAYLOAD)
+        else:
+            fr.decode_chunk(i, out, fr.decoder())
+
+    try:
+        for_each(one, tasks, workers)
+    except (FormatError, ValueError):
+        # a damaged payload can fail a chunk before its checksum task runs: name the damage
+        for fr in frames:
+            if SEC_PAYLOAD in fr.sections:
+                fr.verify_section(SEC_PAYLOAD)
+        raise
+    return outs
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}

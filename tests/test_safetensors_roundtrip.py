@@ -43,6 +43,12 @@ def test_real_weights_roundtrip(fixture, request, tmp_path):
             assert got.reshape(-1).view(np.uint8).tobytes() == raw.tobytes()
             if ref is not None:
                 assert bits_equal(got, ref[name])
+    # everything at once, in file order, with the threads sharing every tensor's chunks
+    loaded = codec.load_file(out, workers=2)
+    assert list(loaded) == list(tensors)
+    for name, (dt, shape, raw) in tensors.items():
+        assert list(loaded[name].shape) == shape
+        assert loaded[name].reshape(-1).view(np.uint8).tobytes() == raw.tobytes(), name
 
 
 def test_every_dtype_and_shape(tmp_path):
@@ -238,3 +244,69 @@ def test_payload_checksum_outranks_chunk_errors_with_threads(workers):
         bad[sec.offset + rel] ^= 0x40
         with pytest.raises(ChecksumError, match="payload"):
             codec.decompress(bytes(bad), workers=workers)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_load_file_small_batches_and_pieces(small_safetensors, tmp_path, monkeypatch, workers):
+    # frames read in pieces far smaller than a frame, and decoded a few frames at a time
+    import torch
+
+    from codec import api
+    from codec.formats.nncfile import NncFile
+
+    out = tmp_path / "s.nnc"
+    codec.compress_file(small_safetensors, out, chunk_size=256)
+    tensors, _ = datasets.read_safetensors(small_safetensors)
+    with NncFile(out) as nf:
+        frames = nf.read_frames(nf.entries, workers, piece=100)
+        for e, fr in zip(nf.entries, frames):
+            assert fr.decode(workers=workers).tobytes() == nf.frame(e).decode().tobytes()
+    monkeypatch.setattr(api, "_LOAD_BATCH", 300)
+    got_np = codec.load_file(out, workers=workers)
+    got_pt = codec.load_file(out, framework="pt", workers=workers)
+    assert list(got_np) == list(got_pt) == list(tensors)
+    for name, (dt, shape, raw) in tensors.items():
+        assert got_np[name].reshape(-1).view(np.uint8).tobytes() == raw.tobytes()
+        t = got_pt[name]
+        assert isinstance(t, torch.Tensor) and list(t.shape) == shape
+        assert t.reshape(-1).view(torch.uint8).numpy().tobytes() == raw.tobytes()
+        assert t.data_ptr() % 64 == 0 or t.numel() == 0     # torch's own alignment
+    with codec.open(out) as f:
+        some = f.get_tensors(["ids", "w"])
+        assert list(some) == ["ids", "w"]
+        with pytest.raises(KeyError, match="nope"):
+            f.get_tensors(["nope"])
+
+
+def test_decode_frames_many_frames_and_bad_outputs():
+    from codec.formats.frame import decode_frames, parse_frame
+
+    rng = np.random.default_rng(11)
+    xs = [(rng.standard_normal(n) * 0.02).astype(np.float32) for n in (0, 1, 1000, 70_000, 300_000)]
+    frames = [parse_frame(codec.compress(x, chunk_size=1 << 16)) for x in xs]
+    for w in (1, 2, 3):
+        outs = decode_frames(frames, workers=w)
+        assert all(o.tobytes() == x.tobytes() for o, x in zip(outs, xs))
+    given = [np.full(fr.decoded_size, 7, np.uint8) for fr in frames]
+    assert decode_frames(frames, given, workers=2) is not given
+    assert all(o.tobytes() == x.tobytes() for o, x in zip(given, xs))
+    with pytest.raises(ValueError, match="outputs for"):
+        decode_frames(frames, given[:2])
+    with pytest.raises(ValueError, match="flat uint8"):
+        decode_frames(frames[3:4], [np.empty(frames[3].decoded_size, np.int8)])
+
+
+def test_codec_registry_loads_once_under_threads(tmp_path):
+    # the first codec lookups of a process may come from several decoding threads at once
+    import subprocess
+    import sys
+
+    code = ("import threading, codec.registry as r\n"
+            "errs = []\n"
+            "def go():\n"
+            "    try: r.get_codec('exponent'); r.get_codec('bytegroup')\n"
+            "    except Exception as e: errs.append(e)\n"
+            "ts = [threading.Thread(target=go) for _ in range(8)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "assert not errs, errs\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
