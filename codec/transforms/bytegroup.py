@@ -317,31 +317,32 @@ class ByteGroup(Codec):
             best_m, best = RAW, None
             best_len = n
             if n and np.count_nonzero(counts[p]) > 0:
-                hsize = huffman.block_size(counts[p])
+                hsize, lengths = huffman.block_lengths(counts[p])
                 if hsize < best_len:
-                    best_m, best_len = HUFFMAN, hsize
+                    best_m, best_len, best = HUFFMAN, hsize, (counts[p], lengths)
                 # the top bit raw, the rest coded: taken when no larger (it decodes faster)
                 low7 = np.zeros(256, np.int64)      # counts of the low 7 bits (a 256-symbol table)
                 low7[:128] = counts[p][:128] + counts[p][128:]
-                h7 = (n + 7) // 8 + huffman.block_size(low7)
+                h7, lengths7 = huffman.block_lengths(low7)
+                h7 += (n + 7) // 8
                 if h7 <= best_len:
-                    best_m, best_len = HUFFMAN7, h7
+                    best_m, best_len, best = HUFFMAN7, h7, (low7, lengths7)
             if use_zstd and n:
                 z = compress_bytes(planes[p], self.zstd_level)
                 if len(z) < best_len:
                     best_m, best_len, best = ZSTD, len(z), z
-            choice.append((best_m, best_len, best if best_m != HUFFMAN7 else low7))
+            choice.append((best_m, best_len, best))
         out = np.empty(5 * s + sum(c[1] for c in choice) + tail.size + 8, np.uint8)
         off = 5 * s
         for p, (m, ln, best) in enumerate(choice):
             out[5 * p] = m
             out[5 * p + 1:5 * p + 5] = np.frombuffer(np.uint32(ln).tobytes(), np.uint8)
             if m == HUFFMAN:
-                huffman.encode_block_into(planes[p], counts[p], out, off)
+                huffman.encode_block_into(planes[p], best[0], out, off, best[1])
             elif m == HUFFMAN7:
                 nb8 = (n + 7) // 8
                 out[off:off + nb8] = np.packbits(planes[p] >> np.uint8(7))
-                huffman.encode_block_into(planes[p] & np.uint8(127), best, out, off + nb8)
+                huffman.encode_block_into(planes[p] & np.uint8(127), best[0], out, off + nb8, best[1])
             elif m == RAW:
                 out[off:off + ln] = planes[p]
             else:
