@@ -232,7 +232,7 @@ def _replay(nf, path: Path, workers: int, progress: bool, verb: str, sink) -> in
             frame = nf.frame(entry)
             if done + frame.decoded_size > total:
                 raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
-            for chunk in frame.iter_decoded(workers):
+            for chunk in frame.iter_decoded(workers, verify_payload=verb == "verify"):
                 for fut in pending:
                     fut.result()  # at most one chunk in flight: memory stays bounded
                 pending = [hasher.submit(h.update, chunk)]

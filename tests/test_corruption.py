@@ -201,28 +201,40 @@ def test_fuzz_frame_parser(blob, seed):
 
 def test_load_file_detects_every_damage_to_tensor_frames(small_nnc, tmp_path):
     # load_file reads frames in pieces and decodes them all at once on 2 threads: every flipped
-    # bit of a tensor frame (headers and indexes exhaustively, payloads sampled) and every
-    # truncation must still raise a codec error
+    # bit of a tensor frame's headers and indexes, and every truncation, must raise a codec
+    # error; a flipped payload bit must raise one or leave every tensor exactly as written (it
+    # checks the payload checksum only when a chunk fails, and padding bits can be don't-cares)
     original = small_nnc.read_bytes()
+    exact = codec.load_file(small_nnc)
     p = tmp_path / "l.nnc"
     with NncFile(small_nnc) as nf:
         frames = [(e, nf.frame(e)) for e in nf.entries if e.role == "tensor"]
-    positions = []
+    structural, payload = [], []
     for e, fr in frames:
         idx = fr.sections[1]
-        positions += range(e.offset, e.offset + idx.offset + idx.length)
+        structural += range(e.offset, e.offset + idx.offset + idx.length)
     rng = np.random.default_rng(4)
     for e, fr in frames:
         pay = fr.sections[2]
-        positions += [int(x) for x in rng.integers(e.offset + pay.offset, e.offset + pay.offset + pay.length, 40)]
+        payload += [int(x) for x in rng.integers(e.offset + pay.offset, e.offset + pay.offset + pay.length, 40)]
     data = bytearray(original)
-    for pos in positions:
+    caught = 0
+    for pos in structural + payload:
         for bit in range(8):
             data[pos] ^= 1 << bit
             p.write_bytes(data)
-            with pytest.raises(CodecError):
-                codec.load_file(p, workers=2)
+            try:
+                got = codec.load_file(p, workers=2)
+            except CodecError:
+                caught += 1
+            else:
+                assert pos in payload, f"flip of bit {bit} at byte {pos} went unnoticed"
+                assert list(got) == list(exact)
+                assert all(got[k].tobytes() == exact[k].tobytes() for k in exact), \
+                    f"flip of bit {bit} at byte {pos} changed a tensor silently"
             data[pos] ^= 1 << bit
+    positions = structural + payload
+    assert caught >= 8 * len(structural) + 6 * len(payload)    # nearly all payload flips matter
     for n in range(0, len(original), 7):
         p.write_bytes(original[:n])
         with pytest.raises(CodecError):
