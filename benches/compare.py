@@ -22,7 +22,6 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -74,38 +73,36 @@ def best_time(fn, repeat, setup=None):
     return best, out
 
 
-class _Executor(ThreadPoolExecutor):
-    """A thread pool, or with one thread a plain loop in the caller (as the library runs with
-    workers=1; a pool would add a hand-off per chunk that ZipNN, called directly, does not pay)."""
-
-    def __init__(self, threads):
-        self.threads = threads
-        if threads > 1:
-            super().__init__(threads)
-
-    def map(self, fn, *its):
-        return super().map(fn, *its) if self.threads > 1 else map(fn, *its)
-
-    def __exit__(self, *exc):
-        return super().__exit__(*exc) if self.threads > 1 else False
-
-
 def run_codec(tensors, threads, repeat, level=None):
     """(ratio, compress s, decompress s) of codec's auto policy, chunks in a thread pool."""
     total = sum(b.size for _, b in tensors)
 
     def compress():
-        with _Executor(threads) as ex:
-            frames = []
-            for dt, b in tensors:
-                c = choose_codec(dt, level).fit(ArraySource(b), dt)
-                want = getattr(c, "default_chunk_size", CHUNK)   # what the container would use
-                chunk = max(c.chunk_alignment(), want - want % c.chunk_alignment())
-                pieces = [b[o:o + chunk] for o in range(0, b.size, chunk)]
-                encs = list(ex.map(getattr(c, "encode_buffer", c.encode), pieces))
-                encs = [e if len(e) < p.size else None for e, p in zip(encs, pieces)]  # raw fallback
-                frames.append((c, pieces, encs))
-            return frames
+        # the way decompress below runs: the tensors' fits on the shared threads (largest first),
+        # then every chunk of every tensor from one shared list
+        fitted = [None] * len(tensors)
+
+        def fit(i):
+            dt, b = tensors[i]
+            fitted[i] = choose_codec(dt, level).fit(ArraySource(b), dt)
+
+        for_each(fit, sorted(range(len(tensors)), key=lambda i: -tensors[i][1].size), threads)
+        frames, jobs = [], []
+        for c, (dt, b) in zip(fitted, tensors):
+            want = getattr(c, "default_chunk_size", CHUNK)   # what the container would use
+            chunk = max(c.chunk_alignment(), want - want % c.chunk_alignment())
+            pieces = [b[o:o + chunk] for o in range(0, b.size, chunk)]
+            encs = [None] * len(pieces)
+            frames.append((c, pieces, encs))
+            jobs += [(c, p, encs, j) for j, p in enumerate(pieces)]
+
+        def enc_one(job):
+            c, p, encs, j = job
+            e = getattr(c, "encode_buffer", c.encode)(p)
+            encs[j] = e if len(e) < p.size else None      # raw fallback
+        jobs.sort(key=lambda job: -job[1].size)
+        for_each(enc_one, jobs, threads)
+        return frames
 
     tc, frames = best_time(compress, repeat)
     size = 0
