@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .arrays import from_bytes, to_bytes_and_dtype
+from .arrays import from_bytes, to_bytes_and_dtype, torch_aligned
 from .checksum import sha256_file
 from .errors import CodecError, FormatError
 from .policy import resolve
@@ -342,7 +342,7 @@ class CompressedFile:
 
         fw = framework or self.framework
         entries = [self._entry(n) for n in names] if names is not None else list(self._nf.tensors.values())
-        alloc = _torch_buffer if fw in ("pt", "torch") else (lambda n: np.empty(n, np.uint8))
+        alloc = torch_aligned if fw in ("pt", "torch") else (lambda n: np.empty(n, np.uint8))
         result = {}
         for batch in _batches(entries, _LOAD_BATCH):
             frames = self._nf.read_frames(batch, self.workers)
@@ -375,14 +375,6 @@ def _batches(entries, limit: int):
         size += e.length
     if batch:
         yield batch
-
-
-def _torch_buffer(nbytes: int) -> np.ndarray:
-    """uint8 memory allocated by torch (64-byte aligned like every torch tensor; BLAS kernels can
-    block differently, and so sum in another order, at other alignments)."""
-    import torch
-
-    return torch.empty(max(nbytes, 1), dtype=torch.uint8).numpy()[:nbytes]
 
 
 def load_file(path, framework: str = "np", workers: int | None = None) -> dict:

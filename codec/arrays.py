@@ -48,3 +48,14 @@ def from_bytes(raw: np.ndarray, dtype: str, shape, framework: str = "np"):
             return torch.empty(shape, dtype=target)
         return t.view(target).reshape(shape)
     raise ValueError(f"unknown framework {framework!r} (use 'np' or 'pt')")
+
+
+def torch_aligned(nbytes: int) -> np.ndarray:
+    """A uint8 buffer allocated by torch (64-byte aligned, like every torch tensor).
+
+    Alignment matters for bit-identical outputs: BLAS kernels may pick a different blocking, and
+    so a different summation order, for weights at other alignments.
+    """
+    import torch
+
+    return torch.empty(max(nbytes, 1), dtype=torch.uint8).numpy()[:nbytes]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendUnavailableError, CodecError, FormatError
+from .arrays import torch_aligned
 from .formats.frame import for_each
 
 log = logging.getLogger(__name__)
@@ -191,16 +192,6 @@ class Handle:
                 "block_weight_bytes": sum(b.nbytes for b in self.blocks)}
 
 
-def _aligned(nbytes: int) -> np.ndarray:
-    """A uint8 buffer allocated by torch (64-byte aligned, like every torch tensor).
-
-    Alignment matters for bit-identical outputs: BLAS kernels may pick a different blocking, and
-    so a different summation order, for weights at other alignments.
-    """
-    torch = _torch()
-    return torch.empty(max(nbytes, 1), dtype=torch.uint8).numpy()[:nbytes]
-
-
 def _placeholder(shape, dtype, device):
     """A tensor with the right shape and dtype that holds one element (stride 0)."""
     torch = _torch()
@@ -220,6 +211,9 @@ def _resident_frame(reader, name: str):
     if fr.chunk_count:
         fr.verify_section(2)
     return fr, len(blob)
+
+
+_EAGER_BATCH = 256 << 20
 
 
 def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
@@ -272,6 +266,23 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
     missing, used = [], set()
     replacement: dict[int, object] = {}
     slots_by_block: dict[str, list[_Slot]] = {b: [] for b, _ in blocks}
+    # Weights decoded at load go in batches through decode_frames: the workers share every
+    # tensor's chunks (a per-tensor pool idles on the many small ones); a batch is bounded so
+    # that host memory holds at most that much beyond what is on the device already.
+    pending: list = []
+    pending_bytes = [0]
+
+    def flush() -> None:
+        from .formats.frame import decode_frames
+
+        outs = decode_frames([j[2].frame for j in pending], [j[3] for j in pending], h.workers)
+        for (pid, p, slot, _), raw in zip(pending, outs):
+            value = h._tensor_from(raw, slot)
+            h.decoded_bytes += slot.nbytes
+            slot.param = replacement[pid] = torch.nn.Parameter(value, requires_grad=p.requires_grad)
+        pending.clear()
+        pending_bytes[0] = 0
+
     with torch.no_grad():
         for pid, p in objects.items():
             stored = store.resolve(names[pid], prefix)
@@ -291,19 +302,23 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
                 raise FormatError(f"tensor {stored!r} has shape {list(shape)} in the file, "
                                   f"the model expects {list(p.shape)}")
             slot = _Slot(None, stored, fr, fr.decoded_size, shape, torch_dtype(fr.dtype))
-            if not on_the_fly:
-                value = h._tensor_from(fr.decode(out=_aligned(fr.decoded_size), workers=h.workers), slot)
-                h.decoded_bytes += fr.decoded_size
-            else:
-                for owner in owners:
-                    slots_by_block[owner].append(slot)
-                h.resident_bytes += nbytes
-                value = _placeholder(shape, slot.dtype, device)
             # A new Parameter (the model's may live on the meta device, whose data cannot be
             # swapped); every module that held the old one gets the new one, so ties survive.
             # requires_grad as the model had it: besides fine-tuning semantics, generate() with
             # transformers ran 2x slower here with requires_grad=False weights (75 vs 148 tokens/s).
+            if not on_the_fly:
+                pending.append((pid, p, slot, torch_aligned(fr.decoded_size)))
+                pending_bytes[0] += slot.nbytes
+                if pending_bytes[0] >= _EAGER_BATCH:
+                    flush()
+                continue
+            for owner in owners:
+                slots_by_block[owner].append(slot)
+            h.resident_bytes += nbytes
+            value = _placeholder(shape, slot.dtype, device)
             slot.param = replacement[pid] = torch.nn.Parameter(value, requires_grad=p.requires_grad)
+        if pending:
+            flush()
         # persistent buffers stored in the file (e.g. BERT's position_ids)
         for bname_, buf in list(model.named_buffers()):
             stored = store.resolve([bname_], prefix)
@@ -335,7 +350,7 @@ def attach(model, reader, *, device: str = "cpu", workers: int | None = None,
                 h.decoders[blk.name] = BlockDecoder({s.tensor: s.frame for s in blk.slots},
                                                     device=kernel_device)
     else:
-        h.buffer = _aligned(largest)
+        h.buffer = torch_aligned(largest)
     for blk in h.blocks:
         if not blk.slots:
             continue

@@ -265,6 +265,40 @@ def test_corrupt_weights_fail_at_load(tiny, tmp_path):
             attach(empty_tiny(), r)
 
 
+def test_corrupt_weights_fail_at_eager_load(tiny, tmp_path):
+    _, nnc = tiny
+    data = bytearray(nnc.read_bytes())
+    with codec.open(nnc) as r:
+        entry = r._nf.tensors["layers.2.up.weight"]
+    data[entry.offset + entry.length - 20] ^= 0x40
+    bad = tmp_path / "corrupt.nnc"
+    bad.write_bytes(data)
+    with pytest.raises(codec.CodecError, match="layers.2.up.weight"):
+        with codec.open(bad) as r:
+            attach(empty_tiny(), r, eager=True, workers=2)
+
+
+@pytest.mark.parametrize("batch", [1, 1 << 30])
+def test_eager_load_in_batches(tiny, monkeypatch, batch):
+    # eager weights are decoded together (decode_frames) in batches of at most _EAGER_BATCH bytes
+    import codec.hooks as hooks
+
+    model, nnc = tiny
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        want = model(ids)
+    monkeypatch.setattr(hooks, "_EAGER_BATCH", batch)
+    empty = empty_tiny()
+    with codec.open(nnc) as r:
+        h = attach(empty, r, eager=True, workers=2)
+    assert h.decoded_bytes == sum(p.numel() * p.element_size() for p in model.parameters())
+    for (n, a), (_, b) in zip(model.named_parameters(), empty.named_parameters()):
+        assert same_bits(a, b), n
+        assert b.data_ptr() % 64 == 0
+    with torch.inference_mode():
+        assert same_bits(empty(ids), want)
+
+
 def test_load_model_needs_nnc(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(codec.CodecError):

@@ -110,26 +110,12 @@ def _hist15(v, shift, hist):
 def _make_encoder(k):
     """_encode_chunk for k mantissa bits: field shifts and masks as compile-time constants (the
     exponent-stream loop is instruction bound; runtime ones cost 8 % there)."""
-    SH = np.uint64(7 - k)
-    SMASK = np.uint64((1 << (8 + k)) - 1)
+    # plain ints: numba's cache keys a closure on its cell values, and numpy scalars there made
+    # every process compile anew (1.2 s) and add a cache entry
+    SH_ = 7 - k
+    SMASK_ = (1 << (8 + k)) - 1
     W = 8 - k
-    LMASK = np.uint64((1 << (7 - k)) - 1)
-
-    @nb.njit(nogil=True, cache=True)
-    def encode_run(v16, lengths, codes, out, p, acc, nacc):
-        """The codes of the values v16 appended to the writer state (p, acc, nacc); the index of
-        the first value without a code, or -1."""
-        for i in range(v16.shape[0]):
-            s = (np.uint64(v16[i]) >> SH) & SMASK
-            ln = np.int64(lengths[s])
-            if ln == 0:
-                return p, acc, nacc, i
-            acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
-            nacc += ln
-            huffman._store_be64(out, p, acc << np.uint64(64 - nacc))
-            p += nacc >> 3
-            nacc &= 7
-        return p, acc, nacc, -1
+    LMASK_ = (1 << (7 - k)) - 1
 
     @nb.njit(nogil=True, cache=True)
     def encode_chunk(b, lengths, codes, out_status):
@@ -140,7 +126,7 @@ def _make_encoder(k):
         where each segment starts; the remainder stream then goes right after the stream's end.
         """
         n = b.shape[0] // 2
-        sh = SH
+        sh = np.uint64(SH_)
         w = W
         v16 = b[:2 * n].view(np.uint16)
         lmax = np.int64(1)
@@ -150,8 +136,8 @@ def _make_encoder(k):
         out = np.empty(HEADER + 8 * ((n * lmax + 63) // 64) + 8 + R + TRAILER, np.uint8)
         seg = np.empty(NSEG + 1, np.int64)
         # exponent stream: a 64-bit accumulator flushed after every code (unaligned 8-byte stores
-        # whose spare bytes are zeros ahead of the stream; codes are <= 32 bits), one run per
-        # segment (see huffman._encode_segmented)
+        # whose spare bytes are zeros ahead of the stream; codes are <= 32 bits), one loop over
+        # a slice per segment (see huffman._encode_segmented)
         acc = np.uint64(0)
         nacc = np.int64(0)
         p = np.int64(HEADER)
@@ -159,10 +145,18 @@ def _make_encoder(k):
         for j in range(NSEG):
             seg[j] = 8 * (p - HEADER) + nacc
             i1 = ((j + 1) * n) // NSEG
-            p, acc, nacc, bad = encode_run(v16[i0:i1], lengths, codes, out, p, acc, nacc)
-            if bad >= 0:
-                out_status[0] = 1 + i0 + bad
-                return np.zeros(0, np.uint8)
+            run = v16[i0:i1]
+            for i in range(run.shape[0]):
+                s = (np.uint64(run[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)
+                ln = np.int64(lengths[s])
+                if ln == 0:
+                    out_status[0] = 1 + i0 + i
+                    return np.zeros(0, np.uint8)
+                acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
+                nacc += ln
+                huffman._store_be64(out, p, acc << np.uint64(64 - nacc))
+                p += nacc >> 3
+                nacc &= 7
             i0 = i1
         total = 8 * (p - HEADER) + nacc
         seg[NSEG] = total
@@ -178,7 +172,7 @@ def _make_encoder(k):
                 x = v16[i]
                 rem[i] = np.uint8(((x >> np.uint16(8)) & np.uint16(128)) | (x & np.uint16(127)))
         else:
-            lmask = LMASK
+            lmask = np.uint64(LMASK_)
             ng = n // 8
             for g in range(ng):
                 # 8 * w bits, left-aligned, from independent terms (a shift-or chain is 3x slower);
