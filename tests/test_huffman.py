@@ -234,3 +234,17 @@ def test_range_builder_matches_entry_builder(seed):
             assert np.array_equal(got, want)
             for a, b in zip(canon, canon2):
                 assert np.array_equal(a, b)
+
+
+def test_code_lengths_same_for_scaled_counts():
+    # scaling every count by 2^k leaves Huffman's merges unchanged; counts past 2^(62 - log2 n)
+    # take the mergesort path instead of the packed (count, position) keys
+    rng = np.random.default_rng(21)
+    for n_sym in (2, 3, 256, 2048):
+        for _ in range(20):
+            c = rng.integers(0, 1 << 20, n_sym) * (rng.random(n_sym) < 0.7)
+            if not c.any():
+                continue
+            small = H.code_lengths(c, 15 if n_sym <= 256 else 24)
+            big = H.code_lengths(c << 40, 15 if n_sym <= 256 else 24)
+            assert np.array_equal(small, big)

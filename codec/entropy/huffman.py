@@ -86,7 +86,17 @@ def _huffman_lengths(counts):
     cnt = np.empty(used, np.int64)
     for i in range(used):
         cnt[i] = counts[syms[i]]
-    order = np.argsort(cnt, kind="mergesort")
+    # unique keys (count, position) sort the same with any algorithm; numba's mergesort is slow
+    sh = 1
+    while (1 << sh) < used:
+        sh += 1
+    if cnt.max() < (np.int64(1) << (62 - sh)):
+        key = np.empty(used, np.int64)
+        for i in range(used):
+            key[i] = (cnt[i] << sh) | i
+        order = np.argsort(key)
+    else:
+        order = np.argsort(cnt, kind="mergesort")
     leaf_w = np.empty(used, np.int64)
     leaf_s = np.empty(used, np.int64)
     for i in range(used):
@@ -100,23 +110,17 @@ def _huffman_lengths(counts):
     ni = 0   # next internal node to consume
     nn = 0   # internal nodes created
     for k in range(used - 1):
-        pick = np.empty(2, np.int64)
         wsum = 0
-        for t in range(2):
-            take_leaf = False
+        for t in range(2):     # the two lightest of the leaf and node queues (leaves win ties)
             if li < used and (ni >= nn or leaf_w[li] <= node_w[ni]):
-                take_leaf = True
-            if take_leaf:
-                pick[t] = li
+                parent[li] = used + nn
                 wsum += leaf_w[li]
                 li += 1
             else:
-                pick[t] = used + ni
+                parent[used + ni] = used + nn
                 wsum += node_w[ni]
                 ni += 1
         node_w[nn] = wsum
-        parent[pick[0]] = used + nn
-        parent[pick[1]] = used + nn
         nn += 1
     depth = np.zeros(total, np.int64)
     for v in range(total - 2, -1, -1):
