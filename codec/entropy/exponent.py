@@ -142,22 +142,78 @@ def _make_encoder(k):
         nacc = np.int64(0)
         p = np.int64(HEADER)
         i0 = 0
+        # acc holds the pending bits left-aligned (top nacc < 8); codes are ORed in below them
+        # and one 8-byte store flushes the whole bytes after every g codes, g * lmax + 7 <= 64
+        # (as huffman._encode_run). A symbol without a code has length 0: `neg` turns negative
+        # and the value is found afterwards (no branch per code).
+        g = 3 if lmax <= 19 else (2 if lmax <= 28 else 1)
+        neg = np.int64(0)
         for j in range(NSEG):
             seg[j] = 8 * (p - HEADER) + nacc
             i1 = ((j + 1) * n) // NSEG
             run = v16[i0:i1]
-            for i in range(run.shape[0]):
+            m = run.shape[0]
+            t0 = 0
+            if g == 3:
+                for q in range(m // 3):
+                    i = np.uint64(3 * q)
+                    s = (np.uint64(run[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)
+                    ln = np.int64(lengths[s])
+                    neg |= ln - 1
+                    nacc += ln
+                    acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+                    s = (np.uint64(run[i + np.uint64(1)]) >> np.uint64(SH_)) & np.uint64(SMASK_)
+                    ln = np.int64(lengths[s])
+                    neg |= ln - 1
+                    nacc += ln
+                    acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+                    s = (np.uint64(run[i + np.uint64(2)]) >> np.uint64(SH_)) & np.uint64(SMASK_)
+                    ln = np.int64(lengths[s])
+                    neg |= ln - 1
+                    nacc += ln
+                    acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+                    huffman._store_be64(out, p, acc)
+                    k = nacc >> 3
+                    p += k
+                    acc <<= np.uint64(8 * k)
+                    nacc &= 7
+                t0 = 3 * (m // 3)
+            elif g == 2:
+                for q in range(m // 2):
+                    i = np.uint64(2 * q)
+                    s = (np.uint64(run[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)
+                    ln = np.int64(lengths[s])
+                    neg |= ln - 1
+                    nacc += ln
+                    acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+                    s = (np.uint64(run[i + np.uint64(1)]) >> np.uint64(SH_)) & np.uint64(SMASK_)
+                    ln = np.int64(lengths[s])
+                    neg |= ln - 1
+                    nacc += ln
+                    acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+                    huffman._store_be64(out, p, acc)
+                    k = nacc >> 3
+                    p += k
+                    acc <<= np.uint64(8 * k)
+                    nacc &= 7
+                t0 = 2 * (m // 2)
+            for i in range(t0, m):
                 s = (np.uint64(run[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)
                 ln = np.int64(lengths[s])
-                if ln == 0:
-                    out_status[0] = 1 + i0 + i
-                    return np.zeros(0, np.uint8)
-                acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
+                neg |= ln - 1
                 nacc += ln
-                huffman._store_be64(out, p, acc << np.uint64(64 - nacc))
-                p += nacc >> 3
+                acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+                huffman._store_be64(out, p, acc)
+                k = nacc >> 3
+                p += k
+                acc <<= np.uint64(8 * k)
                 nacc &= 7
             i0 = i1
+        if neg < 0:
+            for i in range(n):
+                if lengths[(np.uint64(v16[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)] == 0:
+                    out_status[0] = 1 + i
+                    return np.zeros(0, np.uint8)
         total = 8 * (p - HEADER) + nacc
         seg[NSEG] = total
         E = 8 * ((total + 63) // 64) + 8
