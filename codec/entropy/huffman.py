@@ -1311,6 +1311,23 @@ def encode_block_into(data: np.ndarray, counts: np.ndarray, out: np.ndarray, off
     return end
 
 
+@nb.njit(nogil=True, cache=True)
+def _block_lengths_nb(counts, lengths_out):
+    """block_lengths in one compiled call (for callers that size several blocks per chunk):
+    writes the code lengths (uint8) and returns the block's byte size; 0 for no symbols."""
+    lens = _limit_lengths(counts, _huffman_lengths(counts), BLOCK_MAX_LEN)
+    nbits = np.int64(0)
+    k = 0
+    for b in range(lens.shape[0]):
+        lengths_out[b] = lens[b]
+        if lens[b] > 0:
+            k += 1
+            nbits += counts[b] * lens[b]
+    if k == 0:
+        return 0
+    return 4 + 32 + (k + 1) // 2 + BLOCK_TRAILER + (nbits + 7) // 8
+
+
 def block_lengths(counts: np.ndarray) -> tuple[int, np.ndarray]:
     """(encode_block's exact byte size for data with these counts, its code lengths)."""
     counts = np.asarray(counts, np.int64)

@@ -146,6 +146,18 @@ def _plane_counts(planes, counts):
 
 
 @nb.njit(nogil=True, cache=True)
+def _size_planes(counts, sizes, lengths, low7):
+    """For every plane p with bytes: sizes[p, 0] and lengths[p, 0] of its Huffman block,
+    sizes[p, 1] and lengths[p, 1] of the block of its low 7 bits (counts in low7[p]); one
+    compiled call instead of a Python round trip per block (8 per F32 chunk)."""
+    for p in range(counts.shape[0]):
+        for b in range(128):
+            low7[p, b] = counts[p, b] + counts[p, b + 128]
+        sizes[p, 0] = huffman._block_lengths_nb(counts[p], lengths[p, 0])
+        sizes[p, 1] = huffman._block_lengths_nb(low7[p], lengths[p, 1])
+
+
+@nb.njit(nogil=True, cache=True)
 def _or_top_bits(plane, bits):
     """plane[i] |= bit i of `bits` (MSB-first) << 7: method 3's raw top bits."""
     n = plane.shape[0]
@@ -312,21 +324,22 @@ class ByteGroup(Codec):
         _plane_counts(planes, counts)
         counts = counts.sum(axis=1)
         use_zstd = self.zstd != "never"
+        sizes = np.zeros((s, 2), np.int64)
+        lengths = np.zeros((s, 2, 256), np.uint8)
+        low7 = np.zeros((s, 256), np.int64)         # counts of the low 7 bits (a 256-symbol table)
+        if n:
+            _size_planes(counts, sizes, lengths, low7)
         choice = []
         for p in range(s):
             best_m, best = RAW, None
             best_len = n
-            if n and np.count_nonzero(counts[p]) > 0:
-                hsize, lengths = huffman.block_lengths(counts[p])
-                if hsize < best_len:
-                    best_m, best_len, best = HUFFMAN, hsize, (counts[p], lengths)
+            if n and sizes[p, 0] > 0:
+                if sizes[p, 0] < best_len:
+                    best_m, best_len, best = HUFFMAN, int(sizes[p, 0]), (counts[p], lengths[p, 0])
                 # the top bit raw, the rest coded: taken when no larger (it decodes faster)
-                low7 = np.zeros(256, np.int64)      # counts of the low 7 bits (a 256-symbol table)
-                low7[:128] = counts[p][:128] + counts[p][128:]
-                h7, lengths7 = huffman.block_lengths(low7)
-                h7 += (n + 7) // 8
+                h7 = int(sizes[p, 1]) + (n + 7) // 8
                 if h7 <= best_len:
-                    best_m, best_len, best = HUFFMAN7, h7, (low7, lengths7)
+                    best_m, best_len, best = HUFFMAN7, h7, (low7[p], lengths[p, 1])
             if use_zstd and n:
                 z = compress_bytes(planes[p], self.zstd_level)
                 if len(z) < best_len:
