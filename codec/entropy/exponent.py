@@ -158,56 +158,32 @@ def _make_encoder(k):
                 for q in range(m // 3):
                     i = np.uint64(3 * q)
                     s = (np.uint64(run[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                    ln = np.int64(lengths[s])
-                    neg |= ln - 1
-                    nacc += ln
-                    acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+                    neg |= np.int64(lengths[s]) - 1
+                    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
                     s = (np.uint64(run[i + np.uint64(1)]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                    ln = np.int64(lengths[s])
-                    neg |= ln - 1
-                    nacc += ln
-                    acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+                    neg |= np.int64(lengths[s]) - 1
+                    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
                     s = (np.uint64(run[i + np.uint64(2)]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                    ln = np.int64(lengths[s])
-                    neg |= ln - 1
-                    nacc += ln
-                    acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
-                    huffman._store_be64(out, p, acc)
-                    k = nacc >> 3
-                    p += k
-                    acc <<= np.uint64(8 * k)
-                    nacc &= 7
+                    neg |= np.int64(lengths[s]) - 1
+                    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
+                    p, acc, nacc = huffman._flush(out, p, acc, nacc)
                 t0 = 3 * (m // 3)
             elif g == 2:
                 for q in range(m // 2):
                     i = np.uint64(2 * q)
                     s = (np.uint64(run[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                    ln = np.int64(lengths[s])
-                    neg |= ln - 1
-                    nacc += ln
-                    acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+                    neg |= np.int64(lengths[s]) - 1
+                    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
                     s = (np.uint64(run[i + np.uint64(1)]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                    ln = np.int64(lengths[s])
-                    neg |= ln - 1
-                    nacc += ln
-                    acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
-                    huffman._store_be64(out, p, acc)
-                    k = nacc >> 3
-                    p += k
-                    acc <<= np.uint64(8 * k)
-                    nacc &= 7
+                    neg |= np.int64(lengths[s]) - 1
+                    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
+                    p, acc, nacc = huffman._flush(out, p, acc, nacc)
                 t0 = 2 * (m // 2)
             for i in range(t0, m):
                 s = (np.uint64(run[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                ln = np.int64(lengths[s])
-                neg |= ln - 1
-                nacc += ln
-                acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
-                huffman._store_be64(out, p, acc)
-                k = nacc >> 3
-                p += k
-                acc <<= np.uint64(8 * k)
-                nacc &= 7
+                neg |= np.int64(lengths[s]) - 1
+                acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
+                p, acc, nacc = huffman._flush(out, p, acc, nacc)
             i0 = i1
         if neg < 0:
             for i in range(n):

@@ -1217,6 +1217,21 @@ BLOCK_SEGMENTS = 4
 BLOCK_TRAILER = 4 * (BLOCK_SEGMENTS - 1)
 
 
+@nb.njit(nogil=True, cache=True, inline="always")
+def _put_code(acc, nacc, code, ln):
+    """Add a code below the nacc pending bits of the left-aligned accumulator acc."""
+    nacc += np.int64(ln)
+    return acc | (np.uint64(code) << np.uint64(64 - nacc)), nacc
+
+
+@nb.njit(nogil=True, cache=True, inline="always")
+def _flush(dst, p, acc, nacc):
+    """Store acc at dst[p:p + 8] (big-endian) and move on by its whole bytes."""
+    _store_be64(dst, p, acc)
+    k = nacc >> 3
+    return p + k, acc << np.uint64(8 * k), nacc & 7
+
+
 @nb.njit(nogil=True, cache=True)
 def _encode_run(symbols, lengths, codes, dst, p, acc, nacc):
     """Append the codes of `symbols` (all at most 19 bits) to the writer state of
@@ -1229,28 +1244,16 @@ def _encode_run(symbols, lengths, codes, dst, p, acc, nacc):
     for g in range(ng):
         i = np.uint64(3 * g)
         s = symbols[i]
-        nacc += np.int64(lengths[s])
-        acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+        acc, nacc = _put_code(acc, nacc, codes[s], lengths[s])
         s = symbols[i + np.uint64(1)]
-        nacc += np.int64(lengths[s])
-        acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
+        acc, nacc = _put_code(acc, nacc, codes[s], lengths[s])
         s = symbols[i + np.uint64(2)]
-        nacc += np.int64(lengths[s])
-        acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
-        _store_be64(dst, p, acc)
-        k = nacc >> 3
-        p += k
-        acc <<= np.uint64(8 * k)
-        nacc &= 7
+        acc, nacc = _put_code(acc, nacc, codes[s], lengths[s])
+        p, acc, nacc = _flush(dst, p, acc, nacc)
     for i in range(3 * ng, n):
         s = symbols[i]
-        nacc += np.int64(lengths[s])
-        acc |= np.uint64(codes[s]) << np.uint64(64 - nacc)
-        _store_be64(dst, p, acc)
-        k = nacc >> 3
-        p += k
-        acc <<= np.uint64(8 * k)
-        nacc &= 7
+        acc, nacc = _put_code(acc, nacc, codes[s], lengths[s])
+        p, acc, nacc = _flush(dst, p, acc, nacc)
     return p, acc, nacc
 
 
