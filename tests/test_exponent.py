@@ -247,3 +247,20 @@ def test_long_codes_and_corruption_in_fast_rounds(k):
             c.decode(bytes(bad), out)
         except FormatError:
             pass
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+@pytest.mark.parametrize("at", [0, 1, 2, 4097, -1])
+def test_value_without_a_code_is_named(k, at):
+    # a codec fitted on other data refuses a value whose symbol has no code, naming the first
+    # such value (the encoder finds it after the stream pass, whichever flush group it is in)
+    rng = np.random.default_rng(k)
+    x = ((rng.standard_normal(9000) * 0.02).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    c = Exponent(mantissa_bits=k).fit(ArraySource(x.view(np.uint8)), "BF16")
+    y = x.copy()
+    pos = at % y.size
+    y[pos] = 0x7F80 | (y[pos] & 0x8000)          # infinity: an exponent the data never had
+    y[-1 if at != -1 else 0] = y[pos]            # a second one after the first
+    first = min(pos, y.size - 1 if at != -1 else 0)
+    with pytest.raises(ValueError, match=f"value {first} of the chunk"):
+        c.encode_buffer(y.view(np.uint8))

@@ -107,6 +107,14 @@ def _hist15(v, shift, hist):
         hist[(v[i] >> sh) & mask] += 1
 
 
+@nb.njit(nogil=True, cache=True, inline="always")
+def _put_value(v, sh, smask, lengths, codes, acc, nacc, neg):
+    """huffman._put_code for the symbol of BF16 value v; neg turns negative if it has no code."""
+    s = (np.uint64(v) >> np.uint64(sh)) & np.uint64(smask)
+    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
+    return acc, nacc, neg | (np.int64(lengths[s]) - 1)
+
+
 def _make_encoder(k):
     """_encode_chunk for k mantissa bits: field shifts and masks as compile-time constants (the
     exponent-stream loop is instruction bound; runtime ones cost 8 % there)."""
@@ -157,32 +165,20 @@ def _make_encoder(k):
             if g == 3:
                 for q in range(m // 3):
                     i = np.uint64(3 * q)
-                    s = (np.uint64(run[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                    neg |= np.int64(lengths[s]) - 1
-                    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
-                    s = (np.uint64(run[i + np.uint64(1)]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                    neg |= np.int64(lengths[s]) - 1
-                    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
-                    s = (np.uint64(run[i + np.uint64(2)]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                    neg |= np.int64(lengths[s]) - 1
-                    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
+                    acc, nacc, neg = _put_value(run[i], SH_, SMASK_, lengths, codes, acc, nacc, neg)
+                    acc, nacc, neg = _put_value(run[i + np.uint64(1)], SH_, SMASK_, lengths, codes, acc, nacc, neg)
+                    acc, nacc, neg = _put_value(run[i + np.uint64(2)], SH_, SMASK_, lengths, codes, acc, nacc, neg)
                     p, acc, nacc = huffman._flush(out, p, acc, nacc)
                 t0 = 3 * (m // 3)
             elif g == 2:
                 for q in range(m // 2):
                     i = np.uint64(2 * q)
-                    s = (np.uint64(run[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                    neg |= np.int64(lengths[s]) - 1
-                    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
-                    s = (np.uint64(run[i + np.uint64(1)]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                    neg |= np.int64(lengths[s]) - 1
-                    acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
+                    acc, nacc, neg = _put_value(run[i], SH_, SMASK_, lengths, codes, acc, nacc, neg)
+                    acc, nacc, neg = _put_value(run[i + np.uint64(1)], SH_, SMASK_, lengths, codes, acc, nacc, neg)
                     p, acc, nacc = huffman._flush(out, p, acc, nacc)
                 t0 = 2 * (m // 2)
             for i in range(t0, m):
-                s = (np.uint64(run[i]) >> np.uint64(SH_)) & np.uint64(SMASK_)
-                neg |= np.int64(lengths[s]) - 1
-                acc, nacc = huffman._put_code(acc, nacc, codes[s], lengths[s])
+                acc, nacc, neg = _put_value(run[i], SH_, SMASK_, lengths, codes, acc, nacc, neg)
                 p, acc, nacc = huffman._flush(out, p, acc, nacc)
             i0 = i1
         if neg < 0:
