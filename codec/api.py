@@ -333,23 +333,18 @@ class CompressedFile:
     def get_tensors(self, names=None, framework: str | None = None) -> dict:
         """Several tensors at once (all by default), as {name: tensor} in file order.
 
-        Faster than a get_tensor loop with 2+ workers: the frames are read in parallel pieces and
-        every chunk of every tensor shares one work queue (a model's many small tensors leave a
-        per-tensor pool idle). Memory: the decoded tensors, plus at most ~256 MiB of compressed
-        bytes at a time.
+        Faster than a get_tensor loop with 2+ workers: every chunk of every tensor goes into one
+        queue the workers share, each reading its chunk's bytes itself (a model's many small
+        tensors leave a per-tensor pool idle). Memory: the tensors, plus a chunk per worker.
         """
         from .formats.frame import decode_frames
 
         fw = framework or self.framework
         entries = [self._entry(n) for n in names] if names is not None else list(self._nf.tensors.values())
+        frames = [self._nf.frame(e) for e in entries]
         alloc = torch_aligned if fw in ("pt", "torch") else (lambda n: np.empty(n, np.uint8))
-        result = {}
-        for batch in _batches(entries, _LOAD_BATCH):
-            frames = self._nf.read_frames(batch, self.workers)
-            outs = decode_frames(frames, [alloc(fr.decoded_size) for fr in frames], self.workers)
-            for e, fr, raw in zip(batch, frames, outs):
-                result[e.name] = from_bytes(raw, fr.dtype, fr.shape, fw)
-        return result
+        outs = decode_frames(frames, [alloc(fr.decoded_size) for fr in frames], self.workers)
+        return {e.name: from_bytes(raw, fr.dtype, fr.shape, fw) for e, fr, raw in zip(entries, frames, outs)}
 
     def close(self) -> None:
         self._nf.close()
@@ -359,22 +354,6 @@ class CompressedFile:
 
     def __exit__(self, *exc):
         self.close()
-
-
-_LOAD_BATCH = 256 << 20
-
-
-def _batches(entries, limit: int):
-    """Consecutive runs of entries of at most `limit` frame bytes (at least one entry each)."""
-    batch, size = [], 0
-    for e in entries:
-        if batch and size + e.length > limit:
-            yield batch
-            batch, size = [], 0
-        batch.append(e)
-        size += e.length
-    if batch:
-        yield batch
 
 
 def load_file(path, framework: str = "np", workers: int | None = None) -> dict:

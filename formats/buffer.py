@@ -33,21 +33,6 @@ class PreadBuffer:
         return data
 
 
-    def read_into(self, dest: memoryview, offset: int) -> None:
-        """Fill `dest` with the file's bytes from `offset` on (no intermediate bytes object)."""
-        got = 0
-        while got < len(dest):
-            if not hasattr(os, "preadv"):       # Windows
-                piece = self[offset + got:offset + len(dest)]
-                dest[got:] = piece
-                return
-            n = os.preadv(self.fd, [dest[got:]], offset + got)
-            if n <= 0:
-                raise TruncatedError(f"file ended at byte {offset + got} while reading "
-                                     f"[{offset}, {offset + len(dest)})")
-            got += n
-
-
 def as_buffer(obj):
     """bytes-like -> memoryview of bytes; PreadBuffer passes through."""
     if isinstance(obj, PreadBuffer):

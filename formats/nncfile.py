@@ -210,31 +210,6 @@ class NncFile:
         fr = parse_frame(self.buf, entry.offset, entry.length, where=self._where(entry))
         return self._check_entry(fr, entry)
 
-    def read_frames(self, entries, workers: int = 1, piece: int = 4 << 20) -> list[Frame]:
-        """The entries' frames read into memory, each parsed over its own bytes.
-
-        The bytes arrive in pieces of at most 4 MiB read straight into one array by `workers`
-        threads (reads release the GIL): one large tensor's frame would otherwise be read by one
-        thread while the rest wait. Decoding then reads each payload byte once (a frame parsed
-        over the file reads its payload twice: for the payload checksum, then chunk by chunk).
-        """
-        import numpy as np
-
-        from .frame import for_each
-
-        entries = list(entries)
-        starts = [0]
-        for e in entries:
-            starts.append(starts[-1] + e.length)
-        blob = np.empty(starts[-1], np.uint8)
-        jobs = [(e.offset + k, starts[j] + k, min(piece, e.length - k))
-                for j, e in enumerate(entries) for k in range(0, e.length, piece)]
-        jobs.sort(key=lambda job: -job[2])
-        for_each(lambda job: self.buf.read_into(memoryview(blob[job[1]:job[1] + job[2]]), job[0]), jobs, workers)
-        view = memoryview(blob)
-        return [self._check_entry(parse_frame(view[starts[j]:starts[j + 1]], where=self._where(e)), e)
-                for j, e in enumerate(entries)]
-
     def _where(self, entry: Entry) -> str:
         label = f"tensor {entry.name!r}" if entry.role == "tensor" else f"{entry.role} segment"
         return f"{self.path.name}: {label}"
