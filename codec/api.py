@@ -359,7 +359,7 @@ class CompressedFile:
 def load_file(path, framework: str = "np", workers: int | None = None) -> dict:
     """Every tensor of a `.nnc` file as {name: tensor}, like `safetensors.numpy.load_file`
     (`framework="pt"`: like `safetensors.torch.load_file`). Checked like every decode: each
-    chunk's XXH3 and each payload's."""
+    chunk's decoded bytes against their XXH3 (a payload's own checksum when a chunk fails)."""
     with CompressedFile(path, framework, workers) as f:
         return f.get_tensors()
 
