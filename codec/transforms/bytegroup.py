@@ -268,7 +268,10 @@ class ByteGroup(Codec):
     codec_id = "bytegroup"
     description = "byte planes (exponent rotated into one byte) with per-plane Huffman/zstd/raw (ZipNN layout)"
     max_expansion = 1.01
-    default_chunk_size = 1 << 18   # ZipNN's chunk: per-chunk tables keep F32/F16 at or below its ratio
+    # Per-chunk tables: ZipNN's 256 KiB chunk for most dtypes. 2-byte elements get 512 KiB (as
+    # many values as an F32 chunk): measured on MiniLM/Whisper F16, 84.733/85.491 % against
+    # 84.741/85.500 % and 5-7 % faster decoding; on F32, 512 KiB gave 81.908 % against 81.876 %.
+    default_chunk_size = 1 << 18
 
     def __init__(self, itemsize: int = 1, rotate: int = 0, zstd_level: int = 3, zstd: str = "auto"):
         if itemsize not in (1, 2, 4, 8):
@@ -286,7 +289,10 @@ class ByteGroup(Codec):
         zmode = self.zstd
         if zmode == "auto":
             zmode = "never" if d.is_float else "always"
-        return ByteGroup(d.itemsize, _default_rotate(dtype) if d.itemsize > 1 else 0, self.zstd_level, zmode)
+        fitted = ByteGroup(d.itemsize, _default_rotate(dtype) if d.itemsize > 1 else 0, self.zstd_level, zmode)
+        if d.itemsize == 2:
+            fitted.default_chunk_size = 1 << 19
+        return fitted
 
     def chunk_alignment(self) -> int:
         return self.itemsize
