@@ -195,3 +195,86 @@ def test_huffman7_top_bit_map_checked():
     bad[5] = 4
     with pytest.raises(FormatError):
         c.decode(bytes(bad), out)
+
+
+def _expected_planes(b, c):
+    """What the encoder must choose per plane, from numpy alone: planes by rotating whole values,
+    counts by bincount, block sizes by huffman.block_lengths; (method, length) per plane."""
+    from codec.entropy import huffman
+
+    s = c.itemsize
+    n = b.size // s
+    u = b[:n * s].view(f"<u{s}").astype(np.uint64)
+    bits = 8 * s
+    if c.rotate:
+        u = ((u << np.uint64(c.rotate)) | (u >> np.uint64(bits - c.rotate))) & np.uint64((1 << bits) - 1)
+    want = []
+    for p in range(s):
+        plane = ((u >> np.uint64(8 * p)) & np.uint64(255)).astype(np.uint8)
+        counts = np.bincount(plane, minlength=256)
+        m, ln = 0, n
+        h = huffman.block_lengths(counts)[0]
+        if h < ln:
+            m, ln = 1, h
+        h7 = huffman.block_lengths(np.bincount(plane & 127, minlength=256))[0] + (n + 7) // 8
+        if h7 <= ln:
+            m, ln = 3, h7
+        want.append((m, ln))
+    return want
+
+
+@pytest.mark.parametrize("dtype, n", [("F16", 40001), ("BF16", 40001), ("U16", 20000), ("F16", 16384),
+                                      ("F16", 16383), ("F32", 30001), ("F16", 777)])
+def test_compiled_encoder_matches_numpy_choice(dtype, n):
+    # the compiled planner (for 2-byte elements from 16384 values on: one 64K-entry histogram of
+    # whole values) picks what plane-by-plane numpy counting picks, from an odd address and with
+    # a tail; the numpy reference decoder reads the result
+    raw = np.concatenate([np.zeros(1, np.uint8), sample(dtype, n, 9).view(np.uint8), np.arange(3, dtype=np.uint8)])
+    b = raw[1:]
+    c = ByteGroup(zstd="never").fit(ArraySource(b), dtype)
+    e = bytes(c.encode_buffer(b))
+    s = c.itemsize
+    got = [(e[5 * p], int(np.frombuffer(e[5 * p + 1:5 * p + 5], "<u4")[0])) for p in range(s)]
+    assert got == _expected_planes(b, c)
+    assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), b.size), b)
+    # and the planner's byte counts are the planes' histograms
+    from codec.transforms import bytegroup as bg
+
+    n = b.size // s
+    planes, hist, counts, sizes, lengths, low7, methods, lens = bg._SCRATCH.get(s, n)
+    bg._plan(b, b[:2 * n].view("<u2") if s == 2 else bg._NO_U16, s, c.rotate, planes, hist, counts, sizes,
+             lengths, low7, methods, lens)
+    assert [list(m) for m in (methods, lens)] == [[m for m, _ in got], [ln for _, ln in got]]
+    for p in range(s):
+        assert np.array_equal(counts[p], np.bincount(planes[p], minlength=256))
+
+
+def test_encoders_in_threads_match_serial():
+    # each thread encodes with its own scratch arrays
+    from codec.formats.frame import for_each
+
+    chunks = [sample(dt, n, seed).view(np.uint8) for seed, (dt, n) in
+              enumerate([("F16", 70000), ("F32", 30000), ("F16", 500), ("BF16", 65536)] * 4)]
+    codecs = [ByteGroup().fit(ArraySource(b), dt) for b, dt in
+              zip(chunks, ["F16", "F32", "F16", "BF16"] * 4)]
+    serial = [bytes(c.encode_buffer(b)) for c, b in zip(codecs, chunks)]
+    for workers in (2, 4):
+        par = [None] * len(chunks)
+
+        def enc(i):
+            par[i] = bytes(codecs[i].encode_buffer(chunks[i]))
+        for_each(enc, list(range(len(chunks))), workers)
+        assert par == serial
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 4099])
+def test_split_top_bits_is_packbits(n):
+    from codec.transforms.bytegroup import _split_top_bits
+
+    plane = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)
+    out = np.full((n + 7) // 8 + 2, 0xAA, np.uint8)
+    row = plane.copy()
+    _split_top_bits(row, out, 1)
+    assert bytes(out[1:1 + (n + 7) // 8]) == np.packbits(plane >> 7).tobytes()
+    assert out[0] == 0xAA and out[-1] == 0xAA
+    assert np.array_equal(row, plane & 127)

@@ -1181,20 +1181,9 @@ def decode(stream, nbits: int, n: int, lengths, max_len: int, out=None, what: st
 BLOCK_MAX_LEN = 15
 
 
-def pack_lengths(lengths: np.ndarray) -> bytes:
-    """256 code lengths (each <= 15) as a 32-byte bitmap of used symbols + 4-bit lengths of those."""
-    lengths = np.asarray(lengths, np.uint8)
-    used = lengths > 0
-    bitmap = np.packbits(used, bitorder="big")
-    ls = lengths[used]
-    if ls.size % 2:
-        ls = np.append(ls, 0)
-    nib = (ls[0::2] << 4) | ls[1::2]
-    return bitmap.tobytes() + nib.astype(np.uint8).tobytes()
-
-
 def unpack_lengths(buf: np.ndarray, what: str) -> tuple[np.ndarray, int]:
-    """Inverse of pack_lengths: (lengths, bytes consumed)."""
+    """A block's code table (a 32-byte bitmap of used symbols, MSB first, then their 4-bit lengths,
+    high nibble first): (lengths, bytes consumed)."""
     if buf.size < 32:
         raise FormatError(f"{what}: code table truncated ({buf.size} of at least 32 bytes)")
     used = np.unpackbits(buf[:32], bitorder="big").astype(bool)
@@ -1293,24 +1282,60 @@ def encode_block_into(data: np.ndarray, counts: np.ndarray, out: np.ndarray, off
     lengths block_lengths(counts) returned. Returns the block's end offset."""
     if lengths is None:
         lengths = code_lengths(counts, BLOCK_MAX_LEN)
+    lengths = np.ascontiguousarray(lengths, np.uint8)
     if int(lengths.max(initial=0)) > BLOCK_MAX_LEN:
         raise ValueError(f"block codes are at most {BLOCK_MAX_LEN} bits")
-    table = np.frombuffer(pack_lengths(lengths), np.uint8)
-    nbits = int((np.asarray(counts, np.int64) * lengths).sum())
-    head = off + 4 + table.size + BLOCK_TRAILER
-    end = head + (nbits + 7) // 8
-    if out.size < end + 8:
+    end = _write_block(np.ascontiguousarray(data, np.uint8), np.asarray(counts, np.int64), lengths, out, off)
+    if end == -1:
         raise ValueError("encode_block_into: out is too small")
-    seg = np.empty(BLOCK_SEGMENTS + 1, np.int64)
-    if data.size:
-        _encode_segmented(data, lengths, _canonical_codes(lengths), out, head, BLOCK_SEGMENTS, seg)
-    else:
-        seg[:] = 0
-    if int(seg[BLOCK_SEGMENTS]) != nbits:
+    if end == -2:
         raise ValueError("encode_block_into: counts are not the data's histogram")
-    out[off:off + 4] = np.frombuffer(np.uint32(nbits).tobytes(), np.uint8)
-    out[off + 4:off + 4 + table.size] = table
-    out[head - BLOCK_TRAILER:head] = np.frombuffer(seg[1:BLOCK_SEGMENTS].astype("<u4").tobytes(), np.uint8)
+    return end
+
+
+@nb.njit(nogil=True, cache=True)
+def _write_block(data, counts, lengths, out, off):
+    """encode_block_into in one compiled call (the bytegroup chunk writer calls it per plane):
+    the block's end offset, -1 if out lacks room for it and 8 spare bytes, -2 if counts are not
+    data's histogram (lengths: BLOCK_MAX_LEN at most, from counts)."""
+    nbits = np.int64(0)
+    k = 0
+    for b in range(256):
+        if lengths[b] > 0:
+            k += 1
+            nbits += counts[b] * lengths[b]
+    head = off + 4 + 32 + (k + 1) // 2 + BLOCK_TRAILER
+    end = head + (nbits + 7) // 8
+    if out.shape[0] < end + 8:
+        return -1
+    seg = np.zeros(BLOCK_SEGMENTS + 1, np.int64)
+    if data.shape[0]:
+        _encode_segmented(data, lengths, _canonical_codes(lengths), out, head, BLOCK_SEGMENTS, seg)
+    if seg[BLOCK_SEGMENTS] != nbits:
+        return -2
+    for j in range(4):
+        out[off + j] = np.uint8((nbits >> (8 * j)) & 255)
+    # the table (unpack_lengths): a bitmap of used symbols, MSB first, then their 4-bit lengths
+    t = off + 4
+    for g in range(32):
+        m = 0
+        for j in range(8):
+            if lengths[8 * g + j] > 0:
+                m |= 128 >> j
+        out[t + g] = np.uint8(m)
+    t += 32
+    h = 0
+    for b in range(256):
+        if lengths[b] > 0:
+            if h % 2 == 0:
+                out[t + h // 2] = np.uint8(lengths[b] << 4)
+            else:
+                out[t + h // 2] |= np.uint8(lengths[b])
+            h += 1
+    for j in range(1, BLOCK_SEGMENTS):
+        v = seg[j]
+        for q in range(4):
+            out[head - BLOCK_TRAILER + 4 * (j - 1) + q] = np.uint8((v >> (8 * q)) & 255)
     return end
 
 
