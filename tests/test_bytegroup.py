@@ -278,3 +278,80 @@ def test_split_top_bits_is_packbits(n):
     assert bytes(out[1:1 + (n + 7) // 8]) == np.packbits(plane >> 7).tobytes()
     assert out[0] == 0xAA and out[-1] == 0xAA
     assert np.array_equal(row, plane & 127)
+
+
+def _wide_sample(n, seed, sign):
+    # 2-byte values whose high byte has a long-tailed distribution (codes past the 12-bit lookup),
+    # a random low byte (a raw plane), and a random or clear top bit (method 3 or method 1)
+    rng = np.random.default_rng(seed)
+    hi = np.minimum(rng.geometric(0.08, n) - 1, 127).astype(np.uint16)
+    hi[rng.random(n) < 0.001] = rng.integers(0, 128, 1)[0]
+    if sign:
+        hi |= (rng.random(n) < 0.5).astype(np.uint16) << 7
+    return (hi << 8) | rng.integers(0, 256, n).astype(np.uint16)
+
+
+@pytest.mark.parametrize("dtype, sign, method", [("F16", True, 3), ("F16", False, 1), ("BF16", True, None)])
+def test_wide_decode_path(dtype, sign, method):
+    # chunks of >= 2^17 2-byte values with a raw low plane and a coded high one decode the high
+    # plane straight into the output words; same bytes as the plane-by-plane path and the numpy
+    # reference decoder, with a tail and at an odd address
+    from codec.entropy.huffman import WIDE_BLOCK_MIN
+    from codec.transforms.bytegroup import _decode_chunk
+
+    n = WIDE_BLOCK_MIN + 5
+    v = _wide_sample(n, 3, sign)
+    raw = np.concatenate([np.zeros(1, np.uint8), v.view(np.uint8), np.array([9], np.uint8)])
+    b = raw[1:]
+    c = ByteGroup().fit(ArraySource(b), dtype)
+    e = bytes(c.encode_buffer(b))
+    m = _methods(e, 2)
+    if method is not None:
+        assert m == [0, method]
+    assert m[0] == 0 and m[1] in (1, 3)
+    out_raw = np.empty(b.size + 1, np.uint8)
+    out = out_raw[1:]
+    c.decode(e, out)
+    assert np.array_equal(out, b)
+    slow = np.empty_like(b)
+    c._decode_py(np.frombuffer(e, np.uint8), np.empty((2, n), np.uint8), slow, "x")
+    assert np.array_equal(slow, b)
+    assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), b.size), b)
+    # the wide path leaves the plane buffers alone (the plane path decodes into them)
+    planes = np.full((2, n), 0xA5, np.uint8)
+    out[:] = 0
+    assert _decode_chunk(np.frombuffer(e, np.uint8), 2, c.rotate, planes, out) == 0
+    assert np.array_equal(out, b) and (planes == 0xA5).all()
+
+
+def test_wide_decode_has_long_codes():
+    # the sample above really exercises codes longer than the 12-bit lookup (the slow steps)
+    from codec.entropy import huffman
+
+    v = _wide_sample(1 << 17, 3, False)
+    counts = np.bincount((v >> 8).astype(np.uint8), minlength=256)
+    assert huffman.block_lengths(counts)[1].max() > 12
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_wide_decode_corruption(seed):
+    from codec.entropy.huffman import WIDE_BLOCK_MIN
+
+    n = WIDE_BLOCK_MIN
+    b = _wide_sample(n, seed, seed % 2 == 0).view(np.uint8)
+    c = ByteGroup().fit(ArraySource(b), "F16")
+    e = bytes(c.encode_buffer(b))
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(b)
+    for trial in range(30):
+        bad = bytearray(e)
+        if trial % 5 == 0:
+            bad = bad[:int(rng.integers(0, len(bad)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                i = int(rng.integers(0, len(bad)))
+                bad[i] ^= 1 << int(rng.integers(0, 8))
+        try:
+            c.decode(bytes(bad), out)      # a flip in raw or coded bits may decode (the frame's
+        except FormatError:                # checksum catches it); nothing else may happen
+            pass

@@ -210,8 +210,9 @@ def test_block_packed_kernel_long_codes_and_corruption(n):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_range_builder_matches_entry_builder(seed):
-    # _build_packed8_ranges (block decoding) must give exactly the table of _build_decoder +
-    # _build_packed8, for complete and incomplete codes, short and long ones
+    # _build_packed_ranges (block decoding) must give exactly the table of _build_decoder +
+    # _build_packed8 (byte lanes) or _build_packed16 (16-bit lanes, symbols shifted), for complete
+    # and incomplete codes, short and long ones
     rng = np.random.default_rng(seed)
     for trial in range(40):
         nsym = int(rng.integers(1, 257))
@@ -230,8 +231,14 @@ def test_range_builder_matches_entry_builder(seed):
             canon2 = [np.zeros(256, np.int64)] + [np.zeros(H.MAX_CODE_LEN + 1, np.int64) for _ in range(3)]
             H._canonical_tables(lengths, *canon2)
             got = np.full(1 << bits, 0xDEAD, np.uint64)     # every entry must be written
-            H._build_packed8_ranges(lengths, bits, canon2[1], canon2[2], canon2[3], canon2[0], got)
+            H._build_packed_ranges(lengths, bits, canon2[1], canon2[2], canon2[3], canon2[0], got, False, 0)
             assert np.array_equal(got, want)
+            for shift in (6, 8):
+                want16 = np.empty(1 << bits, np.uint64)
+                H._build_packed16(lut_sym, lut_info, shift, want16)
+                got16 = np.full(1 << bits, 0xDEAD, np.uint64)
+                H._build_packed_ranges(lengths, bits, canon2[1], canon2[2], canon2[3], canon2[0], got16, True, shift)
+                assert np.array_equal(got16, want16)
             for a, b in zip(canon, canon2):
                 assert np.array_equal(a, b)
 

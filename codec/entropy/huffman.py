@@ -478,10 +478,12 @@ def _fill(a, lo, hi, v):
         a[q] = v
 
 
-@nb.njit(nogil=True, cache=True)
-def _build_packed8_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed):
-    """_build_decoder + _build_packed8 in one pass over the code sequences instead of the entries
-    (the same table, checked by a test; byte alphabets; needs the canonical tables).
+@nb.njit(nogil=True, cache=True, inline="always")     # inlined: each caller's layout is a constant
+def _build_packed_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed,
+                         wide, shift):
+    """_build_decoder + _build_packed8 (wide=False) or _build_packed16 (wide=True, symbols << shift)
+    in one pass over the code sequences instead of the entries (the same tables, checked by a
+    test; byte alphabets; needs the canonical tables).
 
     Canonical codes of length <= r, left-aligned to r bits, cover exactly [0, K[r]) of the r-bit
     patterns, so a node that has decoded k codes with r bits left owns a range of 2^r entries:
@@ -500,41 +502,47 @@ def _build_packed8_ranges(lengths, lut_bits, first_code, first_index, len_count,
     cl = np.empty(m, np.int64)          # length, left-aligned code, symbol of each fitting code
     cc = np.empty(m, np.int64)
     cs = np.empty(m, np.uint64)
+    # the layouts (see _build_packed8 / _build_packed16): lanes of 8 bits from bit 32 on, or of
+    # 16 bits from bit 0 on; the count (x 2 for 16-bit lanes: bytes written) and the first code's
+    # length at their fields
+    lane = np.uint64(16 if wide else 8)
+    base = np.uint64(0 if wide else 32)
+    one = np.uint64(2 << 16) if wide else np.uint64(1 << 8)
+    hpos = 32 if wide else 12
     t = 0
     for ln in range(1, B + 1):
         for j in range(len_count[ln]):
             cl[t] = ln
             cc[t] = first_code[ln] + j
-            cs[t] = np.uint64(sorted_syms[first_index[ln] + j])
+            cs[t] = np.uint64(sorted_syms[first_index[ln] + j]) << np.uint64(shift)
             t += 1
     _fill(packed, K[B], 1 << B, np.uint64(0))    # the first code is longer than the table: slow path
-    one = np.uint64(1 << 8)
     for i1 in range(fit[B]):
         l1 = cl[i1]
         r1 = B - l1
         b1 = cc[i1] << r1
         s1 = cs[i1]
-        head = np.uint64(l1 << 12)      # the first code's length
-        _fill(packed, b1 + K[r1], b1 + (1 << r1), (s1 << np.uint64(32)) | np.uint64(l1) | one | head)
+        head = np.uint64(l1) << np.uint64(hpos)     # the first code's length
+        _fill(packed, b1 + K[r1], b1 + (1 << r1), (s1 << base) | np.uint64(l1) | one | head)
         for i2 in range(fit[r1]):
             l2 = cl[i2]
             r2 = r1 - l2
             b2 = b1 + (cc[i2] << r2)
-            s2 = s1 | (cs[i2] << np.uint64(8))
-            _fill(packed, b2 + K[r2], b2 + (1 << r2), (s2 << np.uint64(32)) | np.uint64(l1 + l2) | (2 * one) | head)
+            s2 = s1 | (cs[i2] << lane)
+            _fill(packed, b2 + K[r2], b2 + (1 << r2), (s2 << base) | np.uint64(l1 + l2) | (2 * one) | head)
             for i3 in range(fit[r2]):
                 l3 = cl[i3]
                 r3 = r2 - l3
                 b3 = b2 + (cc[i3] << r3)
-                s3 = s2 | (cs[i3] << np.uint64(16))
+                s3 = s2 | (cs[i3] << (2 * lane))
                 u3 = l1 + l2 + l3
-                _fill(packed, b3 + K[r3], b3 + (1 << r3), (s3 << np.uint64(32)) | np.uint64(u3) | (3 * one) | head)
+                _fill(packed, b3 + K[r3], b3 + (1 << r3), (s3 << base) | np.uint64(u3) | (3 * one) | head)
                 for i4 in range(fit[r3]):
                     l4 = cl[i4]
                     r4 = r3 - l4
                     b4 = b3 + (cc[i4] << r4)
-                    s4 = s3 | (cs[i4] << np.uint64(24))
-                    _fill(packed, b4, b4 + (1 << r4), (s4 << np.uint64(32)) | np.uint64(u3 + l4) | (4 * one) | head)
+                    s4 = s3 | (cs[i4] << (3 * lane))
+                    _fill(packed, b4, b4 + (1 << r4), (s4 << base) | np.uint64(u3 + l4) | (4 * one) | head)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -1427,15 +1435,13 @@ BLOCK_STATUS_TEXT = {
 
 
 @nb.njit(nogil=True, cache=True)
-def _decode_block_nb(buf, out, ahead):
-    """decode_block in one call: returns a status (BLK_OK, BLK_ERR_*, or a _decode_segments one).
-    `ahead`: what the caller reads next, prefetched while decoding (see _make_packed_kernel)."""
+def _block_header(buf, n, lengths, seg_bits, seg_out):
+    """Parse and check a block's header for n symbols: fills lengths and the 4 segments, returns
+    (status, offset of the bitstream); status BLK_OK with n == 0 means nothing to decode."""
     size = buf.shape[0]
-    n = out.shape[0]
     if size < 4 + 32:
-        return BLK_ERR_HEADER
+        return BLK_ERR_HEADER, 0
     nbits = np.int64(buf[0]) | (np.int64(buf[1]) << 8) | (np.int64(buf[2]) << 16) | (np.int64(buf[3]) << 24)
-    lengths = np.zeros(256, np.uint8)
     k = 0
     for sym in range(256):
         if (buf[4 + (sym >> 3)] >> (7 - (sym & 7))) & 1:
@@ -1443,32 +1449,25 @@ def _decode_block_nb(buf, out, ahead):
     nb_ = (k + 1) // 2
     head = 4 + 32 + nb_ + BLOCK_TRAILER
     if size < head:
-        return BLK_ERR_HEADER
+        return BLK_ERR_HEADER, 0
     t = 0
     for sym in range(256):
         if (buf[4 + (sym >> 3)] >> (7 - (sym & 7))) & 1:
             byte = buf[36 + (t >> 1)]
             ln = (byte >> 4) if (t & 1) == 0 else (byte & 15)
             if ln == 0:
-                return BLK_ERR_TABLE
+                return BLK_ERR_TABLE, 0
             lengths[sym] = ln
             t += 1
     if (nbits + 7) // 8 != size - head:
-        return BLK_ERR_SIZE
+        return BLK_ERR_SIZE, 0
     if n == 0:
-        return BLK_ERR_EMPTY if nbits else BLK_OK
+        return (BLK_ERR_EMPTY if nbits else BLK_OK), head
     if k == 0:
-        return BLK_ERR_TABLE
+        return BLK_ERR_TABLE, 0
     lo, hi, kraft = _length_stats(lengths)
     if kraft > (np.int64(1) << MAX_CODE_LEN):
-        return BLK_ERR_TABLE
-    lut_bits = _block_lut_bits(n)
-    sorted_syms = np.zeros(256, np.int64)
-    first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    seg_bits = np.empty(BLOCK_SEGMENTS + 1, np.int64)
-    seg_out = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+        return BLK_ERR_TABLE, 0
     seg_bits[0] = 0
     seg_bits[BLOCK_SEGMENTS] = nbits
     for j in range(BLOCK_SEGMENTS + 1):
@@ -1477,6 +1476,25 @@ def _decode_block_nb(buf, out, ahead):
         q = head - BLOCK_TRAILER + 4 * (j - 1)
         seg_bits[j] = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16) \
             | (np.int64(buf[q + 3]) << 24)
+    return BLK_OK, head
+
+
+@nb.njit(nogil=True, cache=True)
+def _decode_block_nb(buf, out, ahead):
+    """decode_block in one call: returns a status (BLK_OK, BLK_ERR_*, or a _decode_segments one).
+    `ahead`: what the caller reads next, prefetched while decoding (see _make_packed_kernel)."""
+    n = out.shape[0]
+    lengths = np.zeros(256, np.uint8)
+    seg_bits = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    seg_out = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    st, head = _block_header(buf, n, lengths, seg_bits, seg_out)
+    if st != BLK_OK or n == 0:
+        return st
+    lut_bits = _block_lut_bits(n)
+    sorted_syms = np.zeros(256, np.int64)
+    first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
+    first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
+    len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
     if lut_bits < 10:
         lut_sym = np.empty(1 << lut_bits, np.uint64)
         lut_sym8 = np.empty(1 << lut_bits, np.uint64)
@@ -1487,7 +1505,7 @@ def _decode_block_nb(buf, out, ahead):
                                 first_code, first_index, len_count, BLOCK_MAX_LEN)
     _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
     packed = np.empty(1 << lut_bits, np.uint64)
-    _build_packed8_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed)
+    _build_packed_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed, False, 0)
     if lut_bits == 12:
         return _decode_packed8_12(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                   first_code, first_index, len_count, BLOCK_MAX_LEN)
@@ -1495,4 +1513,36 @@ def _decode_block_nb(buf, out, ahead):
         return _decode_packed8_11(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                   first_code, first_index, len_count, BLOCK_MAX_LEN)
     return _decode_packed8_10(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                           first_code, first_index, len_count, BLOCK_MAX_LEN)
+                              first_code, first_index, len_count, BLOCK_MAX_LEN)
+
+
+# Blocks of at least this many symbols (those that get LUT_BITS-bit tables) may be decoded into
+# 16-bit words (_decode_block_wide).
+WIDE_BLOCK_MIN = 1 << 17
+
+
+@nb.njit(nogil=True, cache=True)
+def _decode_block_wide(buf, out16, shift, ahead):
+    """decode_block into uint16 words: out16[i] = symbol i << shift plus garbage in the low `shift`
+    (>= 6) bits, as the exponent kernels leave them, for a caller that ORs in the other bits; a
+    block of at least WIDE_BLOCK_MIN symbols. The lanes' stores then fill the output words during
+    the compute-bound decode, instead of a later pass writing cold memory. A status, as
+    _decode_block_nb's."""
+    n = out16.shape[0]
+    if n < WIDE_BLOCK_MIN or shift < 6 or shift > 8:
+        return ERR_SEGMENTS
+    lengths = np.zeros(256, np.uint8)
+    seg_bits = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    seg_out = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    st, head = _block_header(buf, n, lengths, seg_bits, seg_out)
+    if st != BLK_OK:
+        return st
+    sorted_syms = np.zeros(256, np.int64)
+    first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
+    first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
+    len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
+    _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
+    packed = np.empty(1 << LUT_BITS, np.uint64)
+    _build_packed_ranges(lengths, LUT_BITS, first_code, first_index, len_count, sorted_syms, packed, True, shift)
+    return _decode_packed16_u63(buf[head:], seg_bits, seg_out, out16, packed, shift, ahead, sorted_syms,
+                                first_code, first_index, len_count, BLOCK_MAX_LEN)
