@@ -355,3 +355,99 @@ def test_wide_decode_corruption(seed):
             c.decode(bytes(bad), out)      # a flip in raw or coded bits may decode (the frame's
         except FormatError:                # checksum catches it); nothing else may happen
             pass
+
+
+def _wide_block_fields(e, n):
+    """Offsets in a wide-path F16 payload (plane 0 raw, plane 1 method 3): the Huffman block's
+    bit count, code table and segment table."""
+    blk = 10 + n + (n + 7) // 8
+    k = int(np.unpackbits(np.frombuffer(e[blk + 4:blk + 36], np.uint8)).sum())
+    return blk, blk + 36, blk + 36 + (k + 1) // 2
+
+
+def test_wide_decode_rejects_bad_block_headers():
+    # the wide path parses its block header itself: each damage is a FormatError naming plane 1
+    from codec.entropy.huffman import WIDE_BLOCK_MIN
+
+    n = WIDE_BLOCK_MIN
+    b = _wide_sample(n, 5, True).view(np.uint8)
+    c = ByteGroup().fit(ArraySource(b), "F16")
+    e = bytes(c.encode_buffer(b))
+    assert _methods(e, 2) == [0, 3]
+    blk, table, segs = _wide_block_fields(e, n)
+    out = np.empty_like(b)
+    bad_cases = []
+    x = bytearray(e)
+    x[blk:blk + 4] = (int.from_bytes(e[blk:blk + 4], "little") + 64).to_bytes(4, "little")   # bit count
+    bad_cases.append(x)
+    x = bytearray(e)
+    x[table] &= 0x0F                   # the first used symbol's length nibble -> 0
+    bad_cases.append(x)
+    x = bytearray(e)
+    x[table] |= 0x10 if x[table] >> 4 != 1 else 0x20   # another length: not the stream's code
+    bad_cases.append(x)
+    x = bytearray(e)
+    x[segs:segs + 4] = (0xFFFFFFF0).to_bytes(4, "little")   # a segment start past the bits
+    bad_cases.append(x)
+    for bad in bad_cases:
+        with pytest.raises(FormatError, match="plane 1"):
+            c.decode(bytes(bad), out)
+
+
+def test_wide_decode_agrees_with_plane_path_on_bitstream_flips():
+    # a flipped bit in the coded stream: the wide path raises exactly when the plane-by-plane
+    # path does, and otherwise decodes the same bytes. Huffman codes resynchronise, so many
+    # flips end at the right bit and decode to wrong values: the frame's checksum catches those.
+    from codec.entropy.huffman import WIDE_BLOCK_MIN
+
+    n = WIDE_BLOCK_MIN
+    b = _wide_sample(n, 6, True).view(np.uint8)
+    c = ByteGroup().fit(ArraySource(b), "F16")
+    e = bytes(c.encode_buffer(b))
+    _, _, segs = _wide_block_fields(e, n)
+    rng = np.random.default_rng(6)
+    out, slow = np.empty_like(b), np.empty_like(b)
+    caught = 0
+    for _ in range(40):
+        bad = bytearray(e)
+        i = int(rng.integers(segs + 12, len(bad)))
+        bad[i] ^= 1 << int(rng.integers(0, 8))
+        try:
+            c.decode(bytes(bad), out)
+            wide_ok = True
+        except FormatError as exc:
+            assert "plane 1" in str(exc)
+            wide_ok = False
+        try:
+            c._decode_py(np.frombuffer(bytes(bad), np.uint8), np.empty((2, n), np.uint8), slow, "x")
+            slow_ok = True
+        except FormatError:
+            slow_ok = False
+        assert wide_ok == slow_ok
+        if wide_ok:
+            assert np.array_equal(out, slow) and not np.array_equal(out, b)
+        caught += not wide_ok
+    assert caught > 0
+
+
+@pytest.mark.parametrize("dtype, n", [("F16", 1 << 17), ("F32", 5000), ("I32", 3000)])
+def test_decode_into_strided_output(dtype, n):
+    # the kernels store whole words; a strided output gets the same bytes through a copy
+    b = sample(dtype, n, 2).view(np.uint8)
+    c = ByteGroup().fit(ArraySource(b), dtype)
+    e = c.encode(b)
+    big = np.zeros(2 * b.size, np.uint8)
+    c.decode(e, big[::2])
+    assert np.array_equal(big[::2], b) and not big[1::2].any()
+
+
+def test_huge_chunks_do_not_stay_in_the_thread_scratch():
+    from codec.transforms import bytegroup as bg
+
+    b = sample("F16", (bg._SCRATCH_MAX // 2) + 1000, 3).view(np.uint8)
+    c = ByteGroup().fit(ArraySource(b), "F16")
+    e = bytes(c.encode_buffer(b))
+    out = np.empty_like(b)
+    c.decode(e, out)
+    assert np.array_equal(out, b)
+    assert bg._SCRATCH.flat.size <= bg._SCRATCH_MAX

@@ -299,19 +299,26 @@ class _Scratch(threading.local):
 
     def get(self, s: int, n: int):
         got = self.views.get((s, n))
+        if got is None and s * n > _SCRATCH_MAX:    # a huge chunk: not kept for the thread's lifetime
+            return (np.empty((s, n), np.uint8), np.zeros(1 << 16, np.int32)) + self._small(s)
         if got is None:
             if self.flat.size < s * n:
                 self.flat = np.empty(max(s * n, 1 << 19), np.uint8)
                 self.views.clear()
             if len(self.views) > 64:
                 self.views.clear()
-            got = self.views[(s, n)] = (
-                self.flat[:s * n].reshape(s, n), self.hist, np.zeros((s, 256), np.int64), np.zeros((s, 2), np.int64),
-                np.zeros((s, 2, 256), np.uint8), np.zeros((s, 256), np.int64), np.zeros(s, np.int64),
-                np.zeros(s, np.int64))
+            got = self.views[(s, n)] = (self.flat[:s * n].reshape(s, n), self.hist) + self._small(s)
         return got
 
+    @staticmethod
+    def _small(s: int):
+        """counts, sizes, lengths, low7 (its upper half stays zero), methods, lens."""
+        return (np.zeros((s, 256), np.int64), np.zeros((s, 2), np.int64), np.zeros((s, 2, 256), np.uint8),
+                np.zeros((s, 256), np.int64), np.zeros(s, np.int64), np.zeros(s, np.int64))
 
+
+# larger chunks (the default is 512 KiB) get arrays of their own, freed with them
+_SCRATCH_MAX = 1 << 23
 _SCRATCH = _Scratch()
 _NO_U16 = np.empty(0, np.uint16)
 
@@ -602,6 +609,9 @@ class ByteGroup(Codec):
         return entries, n, t
 
     def decode(self, encoded, out: np.ndarray) -> np.ndarray:
+        if not out.flags.c_contiguous:      # the kernels store whole words: decode, then copy
+            out[:] = self.decode(encoded, np.empty(out.size, np.uint8))
+            return out
         what = "bytegroup chunk"
         buf = np.frombuffer(encoded, np.uint8)
         s = self.itemsize
