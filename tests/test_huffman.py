@@ -208,6 +208,24 @@ def test_block_packed_kernel_long_codes_and_corruption(n):
         H._decode_block_nb(bad, out, bad)
 
 
+def test_block_uneven_segments_finish_alone():
+    # segment 0 codes 2-bit symbols (16 outputs a round), the others long codes (~4 a round): the
+    # 4-reader rounds stop when segment 0 nears its end and each other segment finishes most of
+    # its outputs alone, through whole lookups, canonical steps for codes past the table, and
+    # single codes at the very end
+    rng = np.random.default_rng(7)
+    n = 400_000
+    data = np.minimum(rng.geometric(0.3, n), 60).astype(np.uint8)
+    data[:n // 4] = 0
+    blk = np.frombuffer(H.encode_block(data), np.uint8)
+    lengths = H.unpack_lengths(blk[4:], "t")[0]
+    assert lengths[0] <= 2 and lengths.max() > 12
+    out = np.empty(n, np.uint8)
+    assert H._decode_block_nb(blk, out, blk) == H.BLK_OK
+    assert np.array_equal(out, data)
+    assert np.array_equal(np.frombuffer(ref.huffman_block_decode(blk.tobytes(), n), np.uint8), data)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_range_builder_matches_entry_builder(seed):
     # _build_packed_ranges (block decoding) must give exactly the table of _build_decoder +

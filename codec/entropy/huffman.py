@@ -964,17 +964,49 @@ def _shift_range(out, lo, hi, shift):
 
 
 def _make_packed_tail(itemsize, lut_bits):
-    """_seg_finish for a packed kernel: the same bounds-checked one-code steps, reading the first
-    code's length and output lane from the packed entry, so a decode touches no other table."""
+    """_seg_finish for a packed kernel: one reader alone, whole lookups while a 4-lane store and
+    an 8-byte load stay in bounds, then bounds-checked one-code steps reading the first code's
+    length and output lane from the packed entry, so a decode touches no other table.
+
+    The 4-reader rounds stop when the first segment nears its end; the others may still hold
+    hundreds of codes (segments end unevenly), which whole lookups decode ~3x faster than single
+    codes: 6-7 % of a BF16 chunk's Huffman time (MiniLM, /tmp script)."""
     len1_shift = np.uint64(32 if itemsize == 2 else 12)
     lane_shift = np.uint64(0 if itemsize == 2 else 32)
     lane_mask = np.uint64(0xFFFF if itemsize == 2 else 0xFF)
+    adv = np.uint64(16 if itemsize == 2 else 8)     # the entry's byte count field
+    size = np.uint64(itemsize)
 
     @nb.njit(nogil=True, cache=True)
     def seg_finish(src, pos, o, end, end_bit, out, packed, shift, sorted_syms, first_code,
                    first_index, len_count, max_len):
         nbytes = src.shape[0]
         sh = np.uint64(64 - lut_bits)
+        m15 = np.uint64(15)
+        lim = 8 * (nbytes - 8)          # a full 8-byte load at bit pos needs pos <= lim
+        ob = _addr(out)
+        while True:
+            # a lookup writes <= 4 outputs (one 4-lane store) and moves <= lut_bits bits
+            safe = min((end - o) >> 2, (lim - pos) // lut_bits + 1)
+            if pos > lim or safe <= 0:
+                break
+            w = ob + size * np.uint64(o)
+            slow = False
+            for _ in range(safe):
+                e = packed[(_load_be64(src, pos >> 3) << np.uint64(pos & 7)) >> sh]
+                if e & m15 == 0:
+                    slow = True
+                    break
+                _store_lanes(w, e, itemsize)
+                pos += np.int64(e & m15)
+                w += (e >> adv) & m15
+            o = np.int64((w - ob) // size)
+            if slow:        # a code longer than the table: one canonical step, shifted into place
+                pos, o, st = _slow_step(src, pos, o, out, sorted_syms, first_code, first_index,
+                                        len_count, max_len, lut_bits)
+                if st != OK:
+                    return st
+                _shift_range(out, o - 1, o, shift)
         while o < end:
             buf = _window(src, pos)
             e = packed[buf >> sh]
