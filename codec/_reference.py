@@ -83,10 +83,11 @@ def exponent_decode(payload: bytes, config: dict, n_bytes: int) -> np.ndarray:
     E = 8 * ((nbits + 63) // 64) + 8
     w = 8 - k
     R = (n * w + 7) // 8
-    if len(payload) != 8 + E + R + 12:
+    nseg = config.get("segments", 4)    # absent: the 1.0 layout
+    if len(payload) != 8 + E + R + 4 * (nseg - 1):
         raise FormatError("payload size mismatch")
     syms = huffman_decode(payload[8:8 + E], nbits, n, lengths)
-    check_segments(struct.unpack_from("<3I", payload, 8 + E + R), nbits, n, lengths, syms)
+    check_segments(struct.unpack_from(f"<{nseg - 1}I", payload, 8 + E + R), nbits, n, lengths, syms, nseg)
     rem = read_bits_msb(payload[8 + E:], w, n)
     sh = 7 - k
     v = ((rem >> sh) << 15) | (syms << sh) | (rem & ((1 << sh) - 1))

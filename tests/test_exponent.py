@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from codec import _reference as ref
-from codec.entropy.exponent import Exponent, build_gpu_sync, parse_gpu_sync, GPU_SYNC_SECTION
+from codec.entropy.exponent import DEFAULT_SEGMENTS, Exponent, build_gpu_sync, parse_gpu_sync, GPU_SYNC_SECTION
 from codec.errors import FormatError
 from codec.registry import get_codec
 from codec.source import ArraySource
@@ -161,20 +161,25 @@ def test_gpu_sync_index_matches_reference():
         parse_gpu_sync(sec[:-1])
 
 
-# --- segment table (4 interleaved segments of the exponent stream) -----------------------------
-def _trailer(e):
-    return np.frombuffer(bytes(e[-12:]), "<u4").astype(np.int64)
+# --- segment table (interleaved segments of the exponent stream: 6 by default, 4 in 1.0 files) --
+def _trailer(e, nseg=6):
+    return np.frombuffer(bytes(e[len(e) - 4 * (nseg - 1):]), "<u4").astype(np.int64)
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 33, 1000, 4097])
-def test_segment_table_matches_code_starts(n):
+SEGMENT_CASES = [(n, 6) for n in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 31, 33, 1000, 4097, 70_001)] \
+    + [(n, 4) for n in (0, 3, 5, 33, 4097, 70_001)] + [(n, s) for n in (2, 4097, 70_001) for s in (1, 3, 8)]
+
+
+@pytest.mark.parametrize("n, nseg", SEGMENT_CASES)
+def test_segment_table_matches_code_starts(n, nseg):
     v = weights(n, n)
-    c = Exponent(mantissa_bits=n % 2).fit(ArraySource(v.view(np.uint8)), "BF16")
+    c = Exponent(mantissa_bits=n % 2, segments=nseg).fit(ArraySource(v.view(np.uint8)), "BF16")
+    assert c.segments == nseg
     e = c.encode(v.view(np.uint8))
     nbits = int(np.frombuffer(e[4:8], "<u4")[0])
     starts = np.concatenate([[0], np.cumsum(c.lengths.astype(np.int64)[(v.astype(np.int64) >> (7 - c.mantissa_bits))
                                                                         & ((1 << (8 + c.mantissa_bits)) - 1)])])
-    assert list(_trailer(e)) == [int(starts[(j * n) // 4]) for j in (1, 2, 3)]
+    assert list(_trailer(e, nseg)) == [int(starts[(j * n) // nseg]) for j in range(1, nseg)]
     assert starts[-1] == nbits
     out = np.empty(2 * n, np.uint8)
     c.decode(e, out)
@@ -182,12 +187,13 @@ def test_segment_table_matches_code_starts(n):
     assert np.array_equal(ref.exponent_decode(e, c.get_config(), 2 * n), v.view(np.uint8))
 
 
+@pytest.mark.parametrize("nseg", [4, 6])
 @pytest.mark.parametrize("change", ["dec", "inc", "swap", "past", "huge", "zero"])
-def test_segment_table_corruption_rejected(change):
-    v = weights(5000, 3)
-    c = Exponent(mantissa_bits=1).fit(ArraySource(v.view(np.uint8)), "BF16")
+def test_segment_table_corruption_rejected(change, nseg):
+    v = weights(70_000, 3)      # past SMALL_CHUNK: the packed kernels
+    c = Exponent(mantissa_bits=1, segments=nseg).fit(ArraySource(v.view(np.uint8)), "BF16")
     e = bytearray(c.encode(v.view(np.uint8)))
-    t = _trailer(e)
+    t = _trailer(e, nseg)
     nbits = int(np.frombuffer(bytes(e[4:8]), "<u4")[0])
     if change == "dec":
         t[1] -= 1
@@ -201,7 +207,7 @@ def test_segment_table_corruption_rejected(change):
         t[1] = 2**32 - 1
     else:
         t[:] = 0
-    e[-12:] = t.astype("<u4").tobytes()
+    e[len(e) - 4 * (nseg - 1):] = t.astype("<u4").tobytes()
     out = np.empty(v.size * 2, np.uint8)
     with pytest.raises(FormatError):
         c.decode(bytes(e), out)
@@ -209,21 +215,43 @@ def test_segment_table_corruption_rejected(change):
         ref.exponent_decode(bytes(e), c.get_config(), v.size * 2)
 
 
-def test_payload_size_includes_segment_table():
+@pytest.mark.parametrize("nseg", [4, 6])
+def test_payload_size_includes_segment_table(nseg):
     v = weights(999, 1)
-    c = Exponent(mantissa_bits=0).fit(ArraySource(v.view(np.uint8)), "BF16")
+    c = Exponent(mantissa_bits=0, segments=nseg).fit(ArraySource(v.view(np.uint8)), "BF16")
     e = c.encode(v.view(np.uint8))
     n, nbits = np.frombuffer(e[:8], "<u4")
-    assert len(e) == 8 + (8 * ((int(nbits) + 63) // 64) + 8) + int(n) + 12
+    assert len(e) == 8 + (8 * ((int(nbits) + 63) // 64) + 8) + int(n) + 4 * (nseg - 1)
     out = np.empty(v.size * 2, np.uint8)
     for bad in (e[:-1], e + b"\0"):
         with pytest.raises(FormatError):
             c.decode(bad, out)
+    # the other layout's codec reads the same bytes as a wrong size
+    other = Exponent.from_config({**c.get_config(), "segments": 10 - nseg})
+    with pytest.raises(FormatError, match="segments"):
+        other.decode(e, out)
     assert isinstance(e, bytes) and bytes(c.encode_buffer(v.view(np.uint8))) == e
 
 
+def test_segments_config():
+    v = weights(5000, 1)
+    c = Exponent().fit(ArraySource(v.view(np.uint8)), "BF16")
+    assert c.segments == DEFAULT_SEGMENTS == 6 and c.get_config()["segments"] == 6
+    # 4 is the 1.0 layout: its config does not name it, and a stored config without the key
+    # (it holds a code table) reads as 4, while a user's spec without a table gets the default
+    legacy = Exponent(segments=4).fit(ArraySource(v.view(np.uint8)), "BF16")
+    assert "segments" not in legacy.get_config()
+    assert Exponent.from_config(legacy.get_config()).segments == 4
+    assert Exponent.from_config({"id": "exponent"}).segments == 6
+    assert Exponent.from_config({"id": "exponent", "segments": 4}).segments == 4
+    for bad in (0, 9, True, 4.0, "6", None):
+        with pytest.raises((FormatError, ValueError)):
+            Exponent.from_config({**c.get_config(), "segments": bad})
+
+
+@pytest.mark.parametrize("nseg", [4, 6])
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
-def test_long_codes_and_corruption_in_fast_rounds(k):
+def test_long_codes_and_corruption_in_fast_rounds(k, nseg):
     # rare exponents get codes longer than the 12-bit lookup, scattered through a chunk big enough
     # for the interleaved rounds: the packed kernel's canonical steps, tails and merge all run
     rng = np.random.default_rng(k)
@@ -231,7 +259,7 @@ def test_long_codes_and_corruption_in_fast_rounds(k):
     v = weights(n, k)
     rare = rng.integers(0, n, 400)
     v[rare] = (rng.integers(0, 1 << 16, rare.size)).astype(np.uint16)
-    c = Exponent(mantissa_bits=k).fit(ArraySource(v.view(np.uint8)), "BF16")
+    c = Exponent(mantissa_bits=k, segments=nseg).fit(ArraySource(v.view(np.uint8)), "BF16")
     assert c.lengths.max() > 12
     e = c.encode(v.view(np.uint8))
     out = np.empty(2 * n, np.uint8)

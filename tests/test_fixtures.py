@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 
 import pytest
 
 import codec
+from codec.entropy.exponent import stream_sizes
 from codec.formats.frame import parse_frame
 
 HERE = Path(__file__).parent / "fixtures" / "v1.0"
@@ -51,16 +53,39 @@ def test_encoder_still_writes_golden_bytes(name):
     from make_v1_0 import inputs
 
     spec = EXPECTED[name]
-    frame = codec.compress(inputs()[spec["input"]], codec=spec["codec"], chunk_size=256, dtype=spec.get("dtype"))
+    spec_codec = spec["codec"]
+    if spec_codec == "exponent":    # the 1.0 layout; new files default to 6 segments (additions)
+        spec_codec = {"id": "exponent", "segments": 4}
+    frame = codec.compress(inputs()[spec["input"]], codec=spec_codec, chunk_size=256, dtype=spec.get("dtype"))
     assert frame == (HERE / name).read_bytes()
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ADD))
 def test_addition_fixtures_use_their_method(name):
-    """Each addition fixture exercises what it was written for (bytegroup: the plane methods)."""
+    """Each addition fixture exercises what it was written for (bytegroup: the plane methods;
+    exponent: the segment count, in the config and in every chunk's segment table)."""
     spec = EXPECTED_ADD[name]
     fr = parse_frame((ADD / name).read_bytes())
     assert fr.chunk_count > 1
     for i in range(fr.chunk_count):
         payload = bytes(fr.encoded_chunk(i))
-        assert [payload[5 * p] for p in range(len(spec["plane_methods"]))] == spec["plane_methods"]
+        if "plane_methods" in spec:
+            assert [payload[5 * p] for p in range(len(spec["plane_methods"]))] == spec["plane_methods"]
+        if "segments" in spec:
+            assert fr.config["codec"]["segments"] == spec["segments"]
+            c = fr.decoder()
+            n, nbits = struct.unpack_from("<II", payload)
+            E, R = stream_sizes(n, nbits, c.mantissa_bits)
+            assert len(payload) == 8 + E + R + 4 * (spec["segments"] - 1)
+
+
+def test_exponent_segments6_encoder_still_writes_golden_bytes():
+    import sys
+
+    sys.path.insert(0, str(ADD.parent))
+    from make_additions import bf16_weights
+
+    frame = codec.compress(bf16_weights(), dtype="BF16", codec={"id": "exponent", "segments": 6}, chunk_size=16384)
+    assert frame == (ADD / "exponent-segments6-bf16.nncf").read_bytes()
+    # the default layout is that one
+    assert codec.compress(bf16_weights(), dtype="BF16", codec="exponent", chunk_size=16384) == frame

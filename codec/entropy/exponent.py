@@ -20,12 +20,14 @@ Chunk payload (a chunk is a run of whole BF16 values, little-endian; n = decoded
                   a reader may load any 8-byte window of the stream plus 8 bytes past it
     offset 8 + E  remainder stream, R = ceil(n * w / 8) bytes: the n w-bit remainders MSB-first,
                   value i at bits [i*w, i*w + w); the last byte padded with zero bits
-    offset 8+E+R  segment table, 3 x u32 LE: for j = 1, 2, 3 the bit offset (within the exponent
-                  stream) at which the code of value (j * n) // 4 starts. CPU decoders split the
-                  stream there into 4 independent segments and decode them interleaved (huff0
-                  style); a decoder must reject offsets that decrease, exceed exp_bits, or do not
-                  end a segment exactly where the next begins. The GPU kernel ignores the table.
-The payload is exactly 8 + E + R + 12 bytes; anything else is a FormatError. For k = 0 the
+    offset 8+E+R  segment table, S - 1 x u32 LE, S = the config's `segments` (1..8; a config
+                  without the key, as every file before it, has S = 4; new files have S = 6): for
+                  j = 1 .. S - 1 the bit offset (within the exponent stream) at which the code of
+                  value (j * n) // S starts. CPU decoders split the stream there into S independent
+                  segments and decode them interleaved (huff0 style); a decoder must reject offsets
+                  that decrease, exceed exp_bits, or do not end a segment exactly where the next
+                  begins. The GPU kernel ignores the table.
+The payload is exactly 8 + E + R + 4 (S - 1) bytes; anything else is a FormatError. For k = 0 the
 remainder stream is DFloat11's sign+mantissa byte per value. (The exponent stream and the
 remainder stream sit at the same offsets as without the table, so rem_offset = 8 + E.)
 
@@ -76,8 +78,13 @@ from ..stats import StreamStat, entropy_bits_of_counts
 from . import huffman
 
 HEADER = 8
-NSEG = 4            # segments of the exponent stream that CPU decoders decode interleaved
-TRAILER = 4 * (NSEG - 1)
+# Segments of the exponent stream that CPU decoders decode interleaved (config `segments`; 4 when
+# absent, as every file before it). New files use 6: one lookup waits for the last one's shift,
+# so more independent readers hide that latency; 6 decode MiniLM's BF16 exponents ~14 % faster
+# than 4, while 8 run out of x86's registers (/tmp script, best of 20, interleaved).
+LEGACY_SEGMENTS = 4
+DEFAULT_SEGMENTS = 6
+MAX_SEGMENTS = 8
 GPU_SYNC_SECTION = 4
 DEFAULT_BPT = 8
 DEFAULT_TPB = 256
@@ -115,9 +122,15 @@ def _put_value(v, sh, smask, lengths, codes, acc, nacc, neg):
     return acc, nacc, neg | (np.int64(lengths[s]) - 1)
 
 
-def _make_encoder(k):
-    """_encode_chunk for k mantissa bits: field shifts and masks as compile-time constants (the
-    exponent-stream loop is instruction bound; runtime ones cost 8 % there)."""
+def trailer_size(nseg: int) -> int:
+    """Bytes of a chunk's segment table: the start bits of segments 1..nseg-1."""
+    return 4 * (nseg - 1)
+
+
+def _make_encoder(k, NSEG):
+    """_encode_chunk for k mantissa bits and NSEG segments: field shifts and masks as compile-time
+    constants (the exponent-stream loop is instruction bound; runtime ones cost 8 % there)."""
+    TRAILER = trailer_size(NSEG)
     # plain ints: numba's cache keys a closure on its cell values, and numpy scalars there made
     # every process compile anew (1.2 s) and add a cache entry
     SH_ = 7 - k
@@ -236,10 +249,10 @@ def _make_encoder(k):
 _encoders: dict = {}
 
 
-def _encoder(k):
-    enc = _encoders.get(k)
+def _encoder(k, nseg):
+    enc = _encoders.get((k, nseg))
     if enc is None:
-        enc = _encoders[k] = _make_encoder(k)
+        enc = _encoders[(k, nseg)] = _make_encoder(k, nseg)
     return enc
 
 
@@ -371,26 +384,29 @@ def _merge_range(v16, buf, roff, R, k, i0, i1):
 
 
 @nb.njit(nogil=True, cache=True)
-def _decode_chunk(buf, n, nbits, E, R, k, v16, packed, lut_sym, lut_info, sorted_syms, first_code,
+def _decode_chunk(buf, n, nbits, E, R, k, nseg, v16, packed, lut_sym, lut_info, sorted_syms, first_code,
                   first_index, len_count, max_len):
-    """Decode a chunk payload (sizes checked by the caller) into the uint16 values v16; `packed` is
-    packed_table(decoder, k), the other tables the decoder's uint16 ones; an empty `packed` takes
-    the generic kernel (small chunks, with the tables of a small decoder)."""
-    seg_bits = np.empty(NSEG + 1, np.int64)
-    seg_out = np.empty(NSEG + 1, np.int64)
+    """Decode a chunk payload of nseg segments (sizes checked by the caller) into the uint16 values
+    v16; `packed` is packed_table(decoder, k), the other tables the decoder's uint16 ones; an empty
+    `packed` (small chunks, with the tables of a small decoder) or a segment count without a
+    packed kernel takes the generic kernel."""
+    seg_bits = np.empty(nseg + 1, np.int64)
+    seg_out = np.empty(nseg + 1, np.int64)
     t = HEADER + E + R
-    for j in range(NSEG + 1):
-        seg_out[j] = (j * n) // NSEG
+    for j in range(nseg + 1):
+        seg_out[j] = (j * n) // nseg
     seg_bits[0] = 0
-    seg_bits[NSEG] = nbits
-    for j in range(1, NSEG):
+    seg_bits[nseg] = nbits
+    for j in range(1, nseg):
         q = t + 4 * (j - 1)
         seg_bits[j] = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16) \
             | (np.int64(buf[q + 3]) << 24)
         if seg_bits[j] > nbits:
             return huffman.ERR_SEGMENTS
     src = buf[HEADER:HEADER + E]
-    if packed.shape[0] == 0:    # a small chunk: generic kernel on a small table (see SMALL_CHUNK)
+    if packed.shape[0] == 0 or (nseg != 4 and nseg != 6):
+        # a small chunk (generic kernel on a small table, see SMALL_CHUNK) or a segment count
+        # without a packed kernel
         st = huffman._decode_segments(src, seg_bits, seg_out, v16, lut_sym, lut_info, sorted_syms,
                                       first_code, first_index, len_count, max_len)
         if st == huffman.OK:
@@ -398,7 +414,14 @@ def _decode_chunk(buf, n, nbits, E, R, k, v16, packed, lut_sym, lut_info, sorted
             _merge_range(v16, buf, HEADER + E, R, k, 0, n)
         return st
     rem = buf[HEADER + E:HEADER + E + R]    # the merge's input: prefetched during the Huffman pass
-    if k <= 1:      # the packed entries' bits 4-5 are free
+    # the packed entries' bits 4-5 are free for k <= 1
+    if nseg == 6 and k <= 1:
+        st = huffman._decode_packed16_u63_r6(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
+                                             first_code, first_index, len_count, max_len)
+    elif nseg == 6:
+        st = huffman._decode_packed16_u15_r6(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
+                                             first_code, first_index, len_count, max_len)
+    elif k <= 1:
         st = huffman._decode_packed16_u63(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
                                           first_code, first_index, len_count, max_len)
     else:
@@ -476,7 +499,7 @@ class Exponent(Codec):
     def __init__(self, mantissa_bits: int | None = None, max_code_len: int = DEFAULT_MAX_LEN,
                  code_lengths: list | None = None, gpu_sync: bool = False,
                  bytes_per_thread: int = DEFAULT_BPT, threads_per_block: int = DEFAULT_TPB,
-                 candidates: list | None = None):
+                 candidates: list | None = None, segments: int = DEFAULT_SEGMENTS):
         if mantissa_bits is not None and (not isinstance(mantissa_bits, int) or not 0 <= mantissa_bits <= 3):
             raise ValueError(f"mantissa_bits must be 0..3, got {mantissa_bits!r}")
         if not isinstance(max_code_len, int) or not 12 <= max_code_len <= huffman.MAX_CODE_LEN:
@@ -485,6 +508,9 @@ class Exponent(Codec):
             raise ValueError("gpu_sync must be a boolean")
         if bytes_per_thread not in (4, 8, 16, 32, 64) or threads_per_block not in (32, 64, 128, 256, 512, 1024):
             raise ValueError("bytes_per_thread must be 4..64 (power of two), threads_per_block 32..1024")
+        if type(segments) is not int or not 1 <= segments <= MAX_SEGMENTS:
+            raise ValueError(f"segments must be an integer in [1, {MAX_SEGMENTS}], got {segments!r}")
+        self.segments = segments
         self.mantissa_bits = mantissa_bits
         self.max_code_len = max_code_len
         self.gpu_sync = gpu_sync
@@ -534,7 +560,7 @@ class Exponent(Codec):
                 best = (cost, k, lengths)
         _, k, lengths = best
         fitted = Exponent(k, self.max_code_len, None, self.gpu_sync, self.bytes_per_thread,
-                          self.threads_per_block)
+                          self.threads_per_block, segments=self.segments)
         fitted.lengths = lengths
         return fitted
 
@@ -552,20 +578,26 @@ class Exponent(Codec):
         cfg["gpu_sync"] = self.gpu_sync
         cfg["bytes_per_thread"] = self.bytes_per_thread
         cfg["threads_per_block"] = self.threads_per_block
+        if self.segments != LEGACY_SEGMENTS:    # 4: the 1.0 layout, byte for byte
+            cfg["segments"] = self.segments
         return cfg
 
     @classmethod
     def from_config(cls, config):
         params = {k: v for k, v in config.items() if k != "id"}
         unknown = set(params) - {"mantissa_bits", "max_code_len", "code_lengths", "gpu_sync",
-                                 "bytes_per_thread", "threads_per_block"}
+                                 "bytes_per_thread", "threads_per_block", "segments"}
         if unknown:
             raise FormatError(f"exponent codec: unknown config keys {sorted(unknown)}")
+        if "segments" not in params and params.get("code_lengths") is not None:
+            # a stream's config (it holds the code table) from before `segments`: the 1.0 layout
+            params["segments"] = LEGACY_SEGMENTS
         return cls(**params)
 
     def describe(self) -> str:
         k = self.mantissa_bits
-        return f"exponent(k={k},max_len={self.max_code_len}{',gpu_sync' if self.gpu_sync else ''})"
+        return (f"exponent(k={k},max_len={self.max_code_len},segments={self.segments}"
+                f"{',gpu_sync' if self.gpu_sync else ''})")
 
     def _need_table(self):
         if self.lengths is None:
@@ -585,7 +617,7 @@ class Exponent(Codec):
         if self._codes is None:
             self._codes = huffman.canonical_codes(self.lengths)
         st = np.zeros(1, np.int64)
-        out = _encoder(self.mantissa_bits)(chunk, self.lengths, self._codes, st)
+        out = _encoder(self.mantissa_bits, self.segments)(chunk, self.lengths, self._codes, st)
         if st[0]:
             i = int(st[0]) - 1
             v = int(chunk[2 * i]) | (int(chunk[2 * i + 1]) << 8)
@@ -604,9 +636,10 @@ class Exponent(Codec):
         if nbits > n * self.max_code_len or nbits < n:
             raise FormatError(f"{what}: {nbits} code bits for {n} values is impossible "
                               f"(codes are 1..{self.max_code_len} bits)")
-        if buf.size != HEADER + E + R + TRAILER:
-            raise FormatError(f"{what}: payload is {buf.size} bytes, its header implies "
-                              f"{HEADER + E + R + TRAILER}")
+        size = HEADER + E + R + trailer_size(self.segments)
+        if buf.size != size:
+            raise FormatError(f"{what}: payload is {buf.size} bytes, its header implies {size} "
+                              f"({self.segments} segments)")
         return n, nbits, E, R
 
     def decode(self, encoded, out: np.ndarray) -> np.ndarray:
@@ -627,7 +660,7 @@ class Exponent(Codec):
                     + dec.tables(np.empty(0, np.uint16))
         flags = out.flags
         v16 = out.view("<u2") if flags.c_contiguous and flags.aligned else np.empty(n, np.uint16)
-        st = _decode_chunk(buf, n, nbits, E, R, self.mantissa_bits, v16, *args)
+        st = _decode_chunk(buf, n, nbits, E, R, self.mantissa_bits, self.segments, v16, *args)
         if st != huffman.OK:
             raise FormatError(f"{what} exponent stream is corrupt: {huffman._STATUS_TEXT.get(st, st)}")
         if v16.base is None:

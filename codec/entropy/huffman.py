@@ -1029,40 +1029,54 @@ def _make_packed_tail(itemsize, lut_bits):
     return seg_finish
 
 
-def _make_packed_kernel(itemsize, umask, lut_bits):
-    """A 4-segment _decode_segments for packed tables (above) of 1 << lut_bits entries, outputs of
-    `itemsize` bytes (1: uint8, 2: uint16). umask = 63 where the entries' bits 4-5 are 0: the
-    buffer shift then takes the entry as it is (x86 masks shift counts to 6 bits); else 15.
-    The compile-time table size and the prefetch pointer's lack of a bound keep what the hot loop
-    needs in registers (x86-64 has 15)."""
+def _packed_kernel_source(readers: int) -> str:
+    """Source of `_packed_factory_r<readers>(itemsize, umask, lut_bits, seg_finish)`, which returns
+    the njit kernel `decode_packed` (below) for that many segments decoded interleaved. Generated
+    because each reader's state must be named variables, kept in registers, not arrays."""
+    R = range(readers)
 
-    seg_finish = _make_packed_tail(itemsize, lut_bits)
+    def each(fmt, indent):
+        return "".join(" " * indent + fmt.format(j=j, k=j + 1) + "\n" for j in R)
 
+    def all_of(fmt, op):      # min/max of one expression over the readers, as a balanced tree
+        terms = [fmt.format(j=j) for j in R]
+        while len(terms) > 1:
+            terms = [f"{op}({a}, {b})" for a, b in zip(terms[::2], terms[1::2])] \
+                + (terms[-1:] if len(terms) % 2 else [])
+        return terms[0]
+
+    lookups = "".join(f"""\
+                    e = packed[b{j} >> sh]
+                    if e & m15 == 0:
+                        slow = {j}
+                        break
+                    _store_lanes(w{j}, e, itemsize)
+                    b{j} <<= e & mu
+                    w{j} += (e >> adv) & m15
+""" for j in R)
+    slow_steps = "".join(f"""\
+            {"if" if j == 0 else "elif"} slow == {j}:
+                pos{j}, o{j}, st = _slow_step(src, pos{j}, o{j}, out, sorted_syms, first_code, first_index,
+                                        len_count, max_len, lut_bits)
+                _shift_range(out, o{j} - 1, o{j}, shift)
+""" for j in R)
+    tails = "".join(f"""\
+        {"" if j == 0 else "if st == OK:"}
+            st = seg_finish(src, pos{j}, o{j}, e{j}, seg_bits[{j + 1}], out, packed, shift, sorted_syms,
+                            first_code, first_index, len_count, max_len)
+""" for j in R).replace("        \n            st =", "        st =")
+    return f"""\
+def _packed_factory_r{readers}(itemsize, umask, lut_bits, seg_finish):
     @nb.njit(nogil=True, cache=True)
     def decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, sorted_syms, first_code,
                       first_index, len_count, max_len):
-        """Decode the 4 segments of one stream interleaved into out (see Decoder.decode_segments);
-        uint16 outputs get symbol << shift plus garbage in the low `shift` bits, uint8 ones the
-        symbol (shift 0). The other tables are the decoder's canonical ones (codes longer than
-        the lookup). Returns a status.
-
-        `ahead` (uint8 array) is what the caller reads next: each round prefetches
-        the next cache line from its start on, so the compute-bound rounds pull it in from memory
-        for free. Rounds may outnumber its lines (exponent chunks: about 1.5 rounds per line for
-        k = 1), so prefetches may run past its end: harmless hints (a prefetch never faults), and
-        in a frame's buffer that is the next chunk.
-
-        Rounds of 4 lookups per segment run while every segment has room for a round; a code
-        longer than the table leaves them for one canonical step; then each segment finishes
-        alone with bounds-checked loads (_seg_finish) and must end exactly at its end bit.
-        """
         nbytes = src.shape[0]
         n = out.shape[0]
-        if seg_bits.shape[0] != 5 or seg_out.shape[0] != 5 or seg_bits[0] != 0 or seg_out[0] != 0 \
-                or seg_out[4] != n or seg_bits[4] > 8 * nbytes or packed.shape[0] != (1 << lut_bits) \
-                or src.strides[0] != 1 or out.strides[0] != itemsize:
+        if (seg_bits.shape[0] != {readers + 1} or seg_out.shape[0] != {readers + 1} or seg_bits[0] != 0
+                or seg_out[0] != 0 or seg_out[{readers}] != n or seg_bits[{readers}] > 8 * nbytes
+                or packed.shape[0] != (1 << lut_bits) or src.strides[0] != 1 or out.strides[0] != itemsize):
             return ERR_SEGMENTS
-        for j in range(4):
+        for j in range({readers}):
             if seg_bits[j + 1] < seg_bits[j] or seg_out[j + 1] < seg_out[j]:
                 return ERR_SEGMENTS
         lim = 8 * (nbytes - 8)          # a full 8-byte load at bit pos needs pos <= lim
@@ -1074,135 +1088,88 @@ def _make_packed_kernel(itemsize, umask, lut_bits):
         s3 = np.uint64(3)
         adv = np.uint64(16 if itemsize == 2 else 8)     # the entry's byte count field
         size = np.uint64(itemsize)
-        pos0, pos1, pos2, pos3 = seg_bits[0], seg_bits[1], seg_bits[2], seg_bits[3]
-        o0, o1, o2, o3 = seg_out[0], seg_out[1], seg_out[2], seg_out[3]
-        e0, e1, e2, e3 = seg_out[1], seg_out[2], seg_out[3], seg_out[4]
+{each("pos{j} = seg_bits[{j}]", 8)}{each("o{j} = seg_out[{j}]", 8)}{each("e{j} = seg_out[{k}]", 8)}\
         sb = _addr(src)
         ob = _addr(out)
         pf = _addr(ahead)
-        # the table is read at random: a cold one (a tensor's first chunk) costs a miss per line
-        # unless it is fetched up front (when the outputs outnumber its lines several times)
-        if n >= 8 * packed.shape[0]:
+        if n >= 8 * packed.shape[0]:        # a cold table costs a miss per line: fetch it up front
             tb = _addr(packed)
             for q in range(0, 8 * packed.shape[0], 64):
                 _prefetch(tb + np.uint64(q))
         while True:
             # a round writes <= 16 outputs per segment (4 stores of 4 lanes) and consumes
             # <= 4 * lut_bits bits
-            safe = min(min((e0 - o0) >> 4, (e1 - o1) >> 4), min((e2 - o2) >> 4, (e3 - o3) >> 4))
-            safe = min(safe, (lim - max(max(pos0, pos1), max(pos2, pos3))) // (4 * lut_bits))
+            safe = {all_of("(e{j} - o{j}) >> 4", "min")}
+            safe = min(safe, (lim - {all_of("pos{j}", "max")}) // (4 * lut_bits))
             if safe <= 0:
                 break
-            # readers: a byte pointer and a bit buffer ending in a marker bit, so the bits used are
-            # its trailing zeros (no position update per lookup); outputs: byte pointers. Raw
-            # addresses keep all 4 readers in registers; `safe` bounds every access.
-            p0 = sb + np.uint64(pos0 >> 3)
-            p1 = sb + np.uint64(pos1 >> 3)
-            p2 = sb + np.uint64(pos2 >> 3)
-            p3 = sb + np.uint64(pos3 >> 3)
-            b0 = (_load_be64_at(p0) | one) << np.uint64(pos0 & 7)
-            b1 = (_load_be64_at(p1) | one) << np.uint64(pos1 & 7)
-            b2 = (_load_be64_at(p2) | one) << np.uint64(pos2 & 7)
-            b3 = (_load_be64_at(p3) | one) << np.uint64(pos3 & 7)
-            w0 = ob + size * np.uint64(o0)
-            w1 = ob + size * np.uint64(o1)
-            w2 = ob + size * np.uint64(o2)
-            w3 = ob + size * np.uint64(o3)
+{each("p{j} = sb + np.uint64(pos{j} >> 3)", 12)}\
+{each("b{j} = (_load_be64_at(p{j}) | one) << np.uint64(pos{j} & 7)", 12)}\
+{each("w{j} = ob + size * np.uint64(o{j})", 12)}\
             slow = -1
             for _ in range(safe):
-                # 4 lookups per reader use <= 48 of the >= 56 bits its buffer holds (the marker
-                # sits below them); then each reader moves on by its whole bytes used and reloads
                 for _r in range(4):
-                    e = packed[b0 >> sh]
-                    if e & m15 == 0:
-                        slow = 0
-                        break
-                    _store_lanes(w0, e, itemsize)
-                    b0 <<= e & mu
-                    w0 += (e >> adv) & m15
-                    e = packed[b1 >> sh]
-                    if e & m15 == 0:
-                        slow = 1
-                        break
-                    _store_lanes(w1, e, itemsize)
-                    b1 <<= e & mu
-                    w1 += (e >> adv) & m15
-                    e = packed[b2 >> sh]
-                    if e & m15 == 0:
-                        slow = 2
-                        break
-                    _store_lanes(w2, e, itemsize)
-                    b2 <<= e & mu
-                    w2 += (e >> adv) & m15
-                    e = packed[b3 >> sh]
-                    if e & m15 == 0:
-                        slow = 3
-                        break
-                    _store_lanes(w3, e, itemsize)
-                    b3 <<= e & mu
-                    w3 += (e >> adv) & m15
+{lookups}\
                 if slow >= 0:
                     break
-                t0 = _ctz64(b0)
-                t1 = _ctz64(b1)
-                t2 = _ctz64(b2)
-                t3 = _ctz64(b3)
-                p0 += t0 >> s3
-                p1 += t1 >> s3
-                p2 += t2 >> s3
-                p3 += t3 >> s3
-                b0 = (_load_be64_at(p0) | one) << (t0 & m7)
-                b1 = (_load_be64_at(p1) | one) << (t1 & m7)
-                b2 = (_load_be64_at(p2) | one) << (t2 & m7)
-                b3 = (_load_be64_at(p3) | one) << (t3 & m7)
+{each("t{j} = _ctz64(b{j})", 16)}{each("p{j} += t{j} >> s3", 16)}\
+{each("b{j} = (_load_be64_at(p{j}) | one) << (t{j} & m7)", 16)}\
                 _prefetch(pf)
                 pf += np.uint64(64)
-            pos0 = np.int64(np.uint64(8) * (p0 - sb) + _ctz64(b0))
-            pos1 = np.int64(np.uint64(8) * (p1 - sb) + _ctz64(b1))
-            pos2 = np.int64(np.uint64(8) * (p2 - sb) + _ctz64(b2))
-            pos3 = np.int64(np.uint64(8) * (p3 - sb) + _ctz64(b3))
-            o0 = np.int64((w0 - ob) // size)
-            o1 = np.int64((w1 - ob) // size)
-            o2 = np.int64((w2 - ob) // size)
-            o3 = np.int64((w3 - ob) // size)
-            # a code longer than the table (rare): one canonical step, its symbol shifted into place
+{each("pos{j} = np.int64(np.uint64(8) * (p{j} - sb) + _ctz64(b{j}))", 12)}\
+{each("o{j} = np.int64((w{j} - ob) // size)", 12)}\
             st = OK
-            if slow == 0:
-                pos0, o0, st = _slow_step(src, pos0, o0, out, sorted_syms, first_code, first_index,
-                                          len_count, max_len, lut_bits)
-                _shift_range(out, o0 - 1, o0, shift)
-            elif slow == 1:
-                pos1, o1, st = _slow_step(src, pos1, o1, out, sorted_syms, first_code, first_index,
-                                          len_count, max_len, lut_bits)
-                _shift_range(out, o1 - 1, o1, shift)
-            elif slow == 2:
-                pos2, o2, st = _slow_step(src, pos2, o2, out, sorted_syms, first_code, first_index,
-                                          len_count, max_len, lut_bits)
-                _shift_range(out, o2 - 1, o2, shift)
-            elif slow == 3:
-                pos3, o3, st = _slow_step(src, pos3, o3, out, sorted_syms, first_code, first_index,
-                                          len_count, max_len, lut_bits)
-                _shift_range(out, o3 - 1, o3, shift)
+{slow_steps}\
             if st != OK:
                 return st
-        # the tails: one bounds-checked code at a time, from the same table (outputs in place)
-        st = seg_finish(src, pos0, o0, e0, seg_bits[1], out, packed, shift, sorted_syms, first_code,
-                        first_index, len_count, max_len)
-        if st == OK:
-            st = seg_finish(src, pos1, o1, e1, seg_bits[2], out, packed, shift, sorted_syms, first_code,
-                            first_index, len_count, max_len)
-        if st == OK:
-            st = seg_finish(src, pos2, o2, e2, seg_bits[3], out, packed, shift, sorted_syms, first_code,
-                            first_index, len_count, max_len)
-        if st == OK:
-            st = seg_finish(src, pos3, o3, e3, seg_bits[4], out, packed, shift, sorted_syms, first_code,
-                            first_index, len_count, max_len)
+{tails}\
         return st
     return decode_packed
+"""
+
+
+_packed_factories: dict = {}
+
+
+def _make_packed_kernel(itemsize, umask, lut_bits, readers=4):
+    """The packed-table decoder of `readers` segments (seg_bits / seg_out of readers + 1 entries),
+    interleaved, into outputs of `itemsize` bytes (1: uint8, 2: uint16) from packed tables (above)
+    of 1 << lut_bits entries. umask = 63 where the entries' bits 4-5 are 0: the buffer shift then
+    takes the entry as it is (x86 masks shift counts to 6 bits); else 15. The compile-time table
+    size and the prefetch pointer's lack of a bound keep what the hot loop needs in registers.
+
+    decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, sorted_syms, first_code,
+    first_index, len_count, max_len) decodes into out (see Decoder.decode_segments); uint16
+    outputs get symbol << shift plus garbage in the low `shift` bits, uint8 ones the symbol
+    (shift 0). The other tables are the decoder's canonical ones (codes longer than the lookup).
+    Returns a status.
+
+    `ahead` (uint8 array) is what the caller reads next: each round prefetches the next cache line
+    from its start on, so the compute-bound rounds pull it in from memory for free. Rounds may
+    outnumber its lines (exponent chunks: about 1.5 rounds per line for k = 1), so prefetches may
+    run past its end: harmless hints (a prefetch never faults), and in a frame's buffer that is
+    the next chunk.
+
+    Rounds of 4 lookups per segment run while every segment has room for a round; a code longer
+    than the table leaves them for one canonical step; then each segment finishes alone
+    (_make_packed_tail) and must end exactly at its end bit.
+
+    The source is generated per reader count (one factory each: numba's cache keys a function by
+    its qualified name and closure values, so counts must not share a name). 4 readers are
+    latency-bound on x86 (each lookup waits for the last one's shift); 6 run ~11 % faster on BF16
+    exponents, 8 spill registers and lose part of that (/tmp prototype, MiniLM)."""
+    factory = _packed_factories.get(readers)
+    if factory is None:
+        ns = dict(globals())
+        exec(compile(_packed_kernel_source(readers), __file__, "exec"), ns)   # noqa: S102 (our own text)
+        factory = _packed_factories[readers] = ns[f"_packed_factory_r{readers}"]
+    return factory(itemsize, umask, lut_bits, _make_packed_tail(itemsize, lut_bits))
 
 
 _decode_packed16_u63 = _make_packed_kernel(2, 63, LUT_BITS)   # exponent codes, shift >= 6
 _decode_packed16_u15 = _make_packed_kernel(2, 15, LUT_BITS)   # exponent codes, shift 4 or 5
+_decode_packed16_u63_r6 = _make_packed_kernel(2, 63, LUT_BITS, 6)     # 6-segment exponent chunks
+_decode_packed16_u15_r6 = _make_packed_kernel(2, 15, LUT_BITS, 6)
 # byte alphabets (decode_block), by table size
 _decode_packed8_10 = _make_packed_kernel(1, 63, 10)
 _decode_packed8_11 = _make_packed_kernel(1, 63, 11)
