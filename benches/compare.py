@@ -294,6 +294,15 @@ def bounds(tensors):
     return out
 
 
+def vs_zipnn(mine, theirs):
+    """(compress, decompress): the median over rounds of zipnn's time / this system's time, or
+    None without a zipnn time in every round this system ran."""
+    if not mine or not theirs or len(mine) != len(theirs) or any(None in t for t in mine + theirs):
+        return None
+    return (float(np.median([z[0] / m[0] for m, z in zip(mine, theirs)])),
+            float(np.median([z[1] / m[1] for m, z in zip(mine, theirs)])))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="*")
@@ -313,17 +322,22 @@ def main(argv=None):
 
     rows = []
 
-    def add(file, system, threads, ratio, tc=None, td=None, size=None, note=""):
+    def add(file, system, threads, ratio, tc=None, td=None, size=None, note="", vs=None):
         mb = size / 1e6 if size else None
         row = {"file": file, "system": system, "threads": threads, "ratio_pct": round(100 * ratio, 3) if ratio else None,
                "compress_MBps": round(mb / tc, 1) if tc and mb else None,
-               "decompress_MBps": round(mb / td, 1) if td and mb else None, "note": note}
+               "decompress_MBps": round(mb / td, 1) if td and mb else None,
+               "vs_zipnn_compress": round(vs[0], 3) if vs else None,
+               "vs_zipnn_decompress": round(vs[1], 3) if vs else None, "note": note}
         rows.append(row)
+        vs_text = f"{vs[0]:5.2f}x {vs[1]:5.2f}x" if vs else ""
         print(f"{file:24s} {system:34s} {str(threads):>3s} "
               f"{row['ratio_pct'] if row['ratio_pct'] is not None else '-':>8} "
-              f"{row['compress_MBps'] or '-':>9} {row['decompress_MBps'] or '-':>9}  {note}", flush=True)
+              f"{row['compress_MBps'] or '-':>9} {row['decompress_MBps'] or '-':>9} {vs_text:>13s}  {note}",
+              flush=True)
 
-    print(f"{'file':24s} {'system':34s} {'thr':>3s} {'ratio%':>8s} {'comp MB/s':>9s} {'dec MB/s':>9s}")
+    print(f"{'file':24s} {'system':34s} {'thr':>3s} {'ratio%':>8s} {'comp MB/s':>9s} {'dec MB/s':>9s} "
+          f"{'vs zipnn c/d':>13s}")
     for label, path in files.items():
         tensors = [(dt, np.ascontiguousarray(b)) for dt, b in data.load_tensors(path).values() if b.size]
         total = sum(b.size for _, b in tensors)
@@ -340,6 +354,10 @@ def main(argv=None):
         # Every system runs once per round, and a row keeps its best time over the rounds: a slow
         # phase of a shared machine (minutes long here) then costs every system alike.
         best: dict = {}
+        # each round's times too: a system's speed relative to zipnn's in the same round (seconds
+        # apart), and the median of those over the rounds, which a slow phase moves far less
+        # than a ratio of best times taken in different phases
+        per_round: dict = {}
 
         def measure(nm, th, fn, note=""):
             if nm.split()[0] in args.skip or (nm.endswith("--level max") and "max" in args.skip):
@@ -352,6 +370,7 @@ def main(argv=None):
             except Exception as exc:  # report, keep going
                 best.setdefault((nm, th), (None, None, None, f"failed: {type(exc).__name__}: {exc}"))
                 return
+            per_round.setdefault((nm, th), []).append((tc, td))
             old = best.get((nm, th))
             if old is not None and old[0] is not None:
                 tc, td = min(tc, old[1]), min(td, old[2])
@@ -371,7 +390,8 @@ def main(argv=None):
         for th in args.threads:
             for (nm, t), (r, tc, td, note) in best.items():
                 if t == th:
-                    add(label, nm, th, r, tc, td, total if r is not None else None, note)
+                    add(label, nm, th, r, tc, td, total if r is not None else None, note,
+                        vs_zipnn(per_round.get((nm, th)), per_round.get(("zipnn", th))) if nm != "zipnn" else None)
 
     with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -94,7 +94,7 @@ def exponent_decode(payload: bytes, config: dict, n_bytes: int) -> np.ndarray:
     return v.astype("<u2").view(np.uint8)
 
 
-def huffman_block_decode(body: bytes, n: int) -> np.ndarray:
+def huffman_block_decode(body: bytes, n: int, nseg: int = 4) -> np.ndarray:
     nbits = struct.unpack_from("<I", body, 0)[0]
     used = np.unpackbits(np.frombuffer(body[4:36], np.uint8), bitorder="big").astype(bool)
     k = int(used.sum())
@@ -103,11 +103,11 @@ def huffman_block_decode(body: bytes, n: int) -> np.ndarray:
     lengths = np.zeros(256, np.int64)
     lengths[used] = ls
     t = 36 + (k + 1) // 2
-    stream = body[t + 12:]
+    stream = body[t + 4 * (nseg - 1):]
     if len(stream) != (nbits + 7) // 8:
         raise FormatError("block size mismatch")
     syms = huffman_decode(stream, nbits, n, lengths)
-    check_segments(struct.unpack_from("<3I", body, t), nbits, n, lengths, syms)
+    check_segments(struct.unpack_from(f"<{nseg - 1}I", body, t), nbits, n, lengths, syms, nseg)
     return syms.astype(np.uint8)
 
 
@@ -116,6 +116,7 @@ def bytegroup_decode(payload: bytes, config: dict, n_bytes: int) -> np.ndarray:
     import zstandard
 
     s, rot = config["itemsize"], config["rotate"]
+    nseg = config.get("segments", 4)    # absent: the 1.0 layout
     n, t = divmod(n_bytes, s)
     off = 5 * s
     planes = []
@@ -127,7 +128,7 @@ def bytegroup_decode(payload: bytes, config: dict, n_bytes: int) -> np.ndarray:
         if m == 0:
             planes.append(np.frombuffer(body, np.uint8))
         elif m == 1:
-            planes.append(huffman_block_decode(body, n))
+            planes.append(huffman_block_decode(body, n, nseg))
         elif m == 2:
             planes.append(np.frombuffer(zstandard.ZstdDecompressor().decompress(body, max_output_size=n), np.uint8))
         elif m == 3:
@@ -135,7 +136,7 @@ def bytegroup_decode(payload: bytes, config: dict, n_bytes: int) -> np.ndarray:
             if len(body) < nb8:
                 raise FormatError("huffman7 plane shorter than its top-bit map")
             top = np.unpackbits(np.frombuffer(body[:nb8], np.uint8), bitorder="big")[:n]
-            planes.append(huffman_block_decode(body[nb8:], n) | (top << 7).astype(np.uint8))
+            planes.append(huffman_block_decode(body[nb8:], n, nseg) | (top << 7).astype(np.uint8))
         else:
             raise FormatError("bad method")
     words = [0] * n

@@ -213,10 +213,10 @@ def _expected_planes(b, c):
         plane = ((u >> np.uint64(8 * p)) & np.uint64(255)).astype(np.uint8)
         counts = np.bincount(plane, minlength=256)
         m, ln = 0, n
-        h = huffman.block_lengths(counts)[0]
+        h = huffman.block_lengths(counts, c.segments)[0]
         if h < ln:
             m, ln = 1, h
-        h7 = huffman.block_lengths(np.bincount(plane & 127, minlength=256))[0] + (n + 7) // 8
+        h7 = huffman.block_lengths(np.bincount(plane & 127, minlength=256), c.segments)[0] + (n + 7) // 8
         if h7 <= ln:
             m, ln = 3, h7
         want.append((m, ln))
@@ -243,7 +243,7 @@ def test_compiled_encoder_matches_numpy_choice(dtype, n):
     n = b.size // s
     planes, hist, counts, sizes, lengths, low7, methods, lens = bg._SCRATCH.get(s, n)
     bg._plan(b, b[:2 * n].view("<u2") if s == 2 else bg._NO_U16, s, c.rotate, planes, hist, counts, sizes,
-             lengths, low7, methods, lens)
+             lengths, low7, methods, lens, c.segments)
     assert [list(m) for m in (methods, lens)] == [[m for m, _ in got], [ln for _, ln in got]]
     for p in range(s):
         assert np.array_equal(counts[p], np.bincount(planes[p], minlength=256))
@@ -291,8 +291,9 @@ def _wide_sample(n, seed, sign):
     return (hi << 8) | rng.integers(0, 256, n).astype(np.uint16)
 
 
+@pytest.mark.parametrize("segments", [6, 4])
 @pytest.mark.parametrize("dtype, sign, method", [("F16", True, 3), ("F16", False, 1), ("BF16", True, None)])
-def test_wide_decode_path(dtype, sign, method):
+def test_wide_decode_path(dtype, sign, method, segments):
     # chunks of >= 2^17 2-byte values with a raw low plane and a coded high one decode the high
     # plane straight into the output words; same bytes as the plane-by-plane path and the numpy
     # reference decoder, with a tail and at an odd address
@@ -303,7 +304,8 @@ def test_wide_decode_path(dtype, sign, method):
     v = _wide_sample(n, 3, sign)
     raw = np.concatenate([np.zeros(1, np.uint8), v.view(np.uint8), np.array([9], np.uint8)])
     b = raw[1:]
-    c = ByteGroup().fit(ArraySource(b), dtype)
+    c = ByteGroup(segments=segments).fit(ArraySource(b), dtype)
+    assert c.segments == segments
     e = bytes(c.encode_buffer(b))
     m = _methods(e, 2)
     if method is not None:
@@ -320,7 +322,7 @@ def test_wide_decode_path(dtype, sign, method):
     # the wide path leaves the plane buffers alone (the plane path decodes into them)
     planes = np.full((2, n), 0xA5, np.uint8)
     out[:] = 0
-    assert _decode_chunk(np.frombuffer(e, np.uint8), 2, c.rotate, planes, out) == 0
+    assert _decode_chunk(np.frombuffer(e, np.uint8), 2, c.rotate, planes, out, c.segments) == 0
     assert np.array_equal(out, b) and (planes == 0xA5).all()
 
 
@@ -410,7 +412,7 @@ def test_wide_decode_agrees_with_plane_path_on_bitstream_flips():
     caught = 0
     for _ in range(40):
         bad = bytearray(e)
-        i = int(rng.integers(segs + 12, len(bad)))
+        i = int(rng.integers(segs + 4 * (c.segments - 1), len(bad)))
         bad[i] ^= 1 << int(rng.integers(0, 8))
         try:
             c.decode(bytes(bad), out)
@@ -451,3 +453,41 @@ def test_huge_chunks_do_not_stay_in_the_thread_scratch():
     c.decode(e, out)
     assert np.array_equal(out, b)
     assert bg._SCRATCH.flat.size <= bg._SCRATCH_MAX
+
+
+def test_segments_config():
+    # new files: 6 segments per Huffman block, named in the config; 4 is the 1.0 layout, whose
+    # configs do not name it; a stored config without the key decodes as 4, while a user's spec
+    # without it fits to the writer's default
+    from codec.registry import get_codec
+
+    b = sample("F16", 5000, 1).view(np.uint8)
+    c = ByteGroup().fit(ArraySource(b), "F16")
+    assert c.segments == 6 and c.get_config()["segments"] == 6
+    legacy = ByteGroup(segments=4).fit(ArraySource(b), "F16")
+    assert "segments" not in legacy.get_config()
+    assert ByteGroup.from_config(legacy.get_config()).segments == 4
+    assert get_codec("bytegroup").fit(ArraySource(b), "F16").segments == 6
+    assert get_codec({"id": "bytegroup", "segments": 4}).fit(ArraySource(b), "F16").segments == 4
+    for bad in (0, 9, True, 6.0, "6", None):
+        with pytest.raises((FormatError, ValueError)):
+            get_codec({**c.get_config(), "segments": bad})
+    # a layout read with the other count fails cleanly
+    e = c.encode(b)
+    with pytest.raises(FormatError):
+        get_codec({**c.get_config(), "segments": 4}).decode(e, np.empty_like(b))
+
+
+@pytest.mark.parametrize("segments", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("dtype, n", [("F16", (1 << 17) + 3), ("F32", 40001), ("F16", 5000)])
+def test_every_segment_count_round_trips(dtype, n, segments):
+    # 4 and 6 take the packed kernels (F16's big chunks the wide one), other counts the generic
+    # kernel; the numpy reference decoder agrees
+    b = sample(dtype, n, segments).view(np.uint8)
+    c = ByteGroup(zstd="never", segments=segments).fit(ArraySource(b), dtype)
+    e = c.encode(b)
+    assert any(m in (1, 3) for m in _methods(e, c.itemsize))
+    out = np.empty_like(b)
+    c.decode(e, out)
+    assert np.array_equal(out, b)
+    assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), b.size), b)

@@ -242,7 +242,9 @@ def test_segments_config():
     legacy = Exponent(segments=4).fit(ArraySource(v.view(np.uint8)), "BF16")
     assert "segments" not in legacy.get_config()
     assert Exponent.from_config(legacy.get_config()).segments == 4
-    assert Exponent.from_config({"id": "exponent"}).segments == 6
+    # a user's spec without the key: the writer's default once fitted
+    assert Exponent.from_config({"id": "exponent"}).fit(ArraySource(v.view(np.uint8)), "BF16").segments == 6
+    assert get_codec("exponent").fit(ArraySource(v.view(np.uint8)), "BF16").segments == 6
     assert Exponent.from_config({"id": "exponent", "segments": 4}).segments == 4
     for bad in (0, 9, True, 4.0, "6", None):
         with pytest.raises((FormatError, ValueError)):

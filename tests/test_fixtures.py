@@ -54,8 +54,8 @@ def test_encoder_still_writes_golden_bytes(name):
 
     spec = EXPECTED[name]
     spec_codec = spec["codec"]
-    if spec_codec == "exponent":    # the 1.0 layout; new files default to 6 segments (additions)
-        spec_codec = {"id": "exponent", "segments": 4}
+    if spec_codec in ("exponent", "bytegroup"):     # the 1.0 layout; new files have 6 segments
+        spec_codec = {"id": spec_codec, "segments": 4}
     frame = codec.compress(inputs()[spec["input"]], codec=spec_codec, chunk_size=256, dtype=spec.get("dtype"))
     assert frame == (HERE / name).read_bytes()
 
@@ -73,10 +73,23 @@ def test_addition_fixtures_use_their_method(name):
             assert [payload[5 * p] for p in range(len(spec["plane_methods"]))] == spec["plane_methods"]
         if "segments" in spec:
             assert fr.config["codec"]["segments"] == spec["segments"]
+            if spec["codec"] != "exponent":
+                continue
             c = fr.decoder()
             n, nbits = struct.unpack_from("<II", payload)
             E, R = stream_sizes(n, nbits, c.mantissa_bits)
             assert len(payload) == 8 + E + R + 4 * (spec["segments"] - 1)
+
+
+def test_bytegroup_segments6_encoder_still_writes_golden_bytes():
+    import sys
+
+    sys.path.insert(0, str(ADD.parent))
+    from make_additions import f32_weights
+
+    frame = codec.compress(f32_weights(), dtype="F32", codec={"id": "bytegroup", "segments": 6}, chunk_size=65536)
+    assert frame == (ADD / "bytegroup-segments6-f32.nncf").read_bytes()
+    assert codec.compress(f32_weights(), dtype="F32", codec="bytegroup", chunk_size=65536) == frame
 
 
 def test_exponent_segments6_encoder_still_writes_golden_bytes():

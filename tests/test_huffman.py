@@ -82,16 +82,21 @@ def test_property_roundtrip_and_reference(values, max_len):
     assert np.array_equal(ref.huffman_decode(bits, nbits, data.size, lengths), data)
 
 
-def test_block_roundtrip_and_reference():
+@pytest.mark.parametrize("nseg", [4, 1, 2, 3, 5, 6, 7, 8])
+def test_block_roundtrip_and_reference(nseg):
     rng = np.random.default_rng(5)
-    for data in (rng.integers(0, 40, 3000).astype(np.uint8), np.zeros(10, np.uint8), np.zeros(0, np.uint8)):
-        blk = H.encode_block(data)
-        assert len(blk) == H.block_size(np.bincount(data, minlength=256))
+    for data in (rng.integers(0, 40, 3000).astype(np.uint8), rng.integers(0, 40, 20000).astype(np.uint8),
+                 np.zeros(10, np.uint8), np.zeros(3, np.uint8), np.zeros(0, np.uint8)):
+        blk = H.encode_block(data, nseg=nseg)
+        assert len(blk) == H.block_size(np.bincount(data, minlength=256), nseg)
         out = np.empty(data.size, np.uint8)
-        H.decode_block(np.frombuffer(blk, np.uint8), out)
+        H.decode_block(np.frombuffer(blk, np.uint8), out, nseg=nseg)
+        assert np.array_equal(out, data)
+        out[:] = 0
+        assert H._decode_block_nb(np.frombuffer(blk, np.uint8), out, np.empty(0, np.uint8), nseg) == H.BLK_OK
         assert np.array_equal(out, data)
         if data.size:
-            assert np.array_equal(ref.huffman_block_decode(blk, data.size), data)
+            assert np.array_equal(ref.huffman_block_decode(blk, data.size, nseg), data)
 
 
 def test_bad_tables_rejected():
@@ -180,50 +185,52 @@ def test_block_segment_table_corruption():
         out = np.empty(data.size, np.uint8)
         with pytest.raises(FormatError):
             H.decode_block(np.frombuffer(bytes(bad), np.uint8), out)
-        assert H._decode_block_nb(np.frombuffer(bytes(bad), np.uint8), out, np.empty(0, np.uint8)) != H.BLK_OK
+        assert H._decode_block_nb(np.frombuffer(bytes(bad), np.uint8), out, np.empty(0, np.uint8), 4) != H.BLK_OK
         with pytest.raises(FormatError):
             ref.huffman_block_decode(bytes(bad), data.size)
     out = np.empty(data.size, np.uint8)
-    assert H._decode_block_nb(np.frombuffer(bytes(blk), np.uint8), out, np.empty(0, np.uint8)) == H.BLK_OK
+    assert H._decode_block_nb(np.frombuffer(bytes(blk), np.uint8), out, np.empty(0, np.uint8), 4) == H.BLK_OK
     assert np.array_equal(out, data)
 
 
+@pytest.mark.parametrize("nseg", [4, 6])
 @pytest.mark.parametrize("n", [5000, 200_000, 600_000])
-def test_block_packed_kernel_long_codes_and_corruption(n):
+def test_block_packed_kernel_long_codes_and_corruption(n, nseg):
     # geometric counts: codes up to 15 bits, longer than every table size, scattered through the
     # block, so the packed kernel leaves its rounds for canonical steps in all 4 segments
     rng = np.random.default_rng(n)
     data = np.minimum(rng.geometric(0.45, n) - 1, 40).astype(np.uint8)
-    blk = np.frombuffer(H.encode_block(data), np.uint8)
+    blk = np.frombuffer(H.encode_block(data, nseg=nseg), np.uint8)
     assert H.unpack_lengths(blk[4:], "t")[0].max() > 12
     out = np.empty(n, np.uint8)
-    assert H._decode_block_nb(blk, out, blk) == H.BLK_OK
+    assert H._decode_block_nb(blk, out, blk, nseg) == H.BLK_OK
     assert np.array_equal(out, data)
-    assert np.array_equal(H.decode_block(blk, np.empty(n, np.uint8)), data)
+    assert np.array_equal(H.decode_block(blk, np.empty(n, np.uint8), nseg=nseg), data)
     for _ in range(30):     # corrupt bitstreams: an error status or some output, never a crash
         bad = blk.copy()
         for _ in range(int(rng.integers(1, 6))):
             i = int(rng.integers(4, bad.size))
             bad[i] ^= np.uint8(1 << int(rng.integers(0, 8)))
-        H._decode_block_nb(bad, out, bad)
+        H._decode_block_nb(bad, out, bad, nseg)
 
 
-def test_block_uneven_segments_finish_alone():
-    # segment 0 codes 2-bit symbols (16 outputs a round), the others long codes (~4 a round): the
+@pytest.mark.parametrize("nseg", [4, 6])
+def test_block_uneven_segments_finish_alone(nseg):
+    # segment 0 codes short symbols (16 outputs a round), the others long codes (~4 a round): the
     # 4-reader rounds stop when segment 0 nears its end and each other segment finishes most of
     # its outputs alone, through whole lookups, canonical steps for codes past the table, and
     # single codes at the very end
     rng = np.random.default_rng(7)
     n = 400_000
     data = np.minimum(rng.geometric(0.3, n), 60).astype(np.uint8)
-    data[:n // 4] = 0
-    blk = np.frombuffer(H.encode_block(data), np.uint8)
+    data[:n // nseg] = 0
+    blk = np.frombuffer(H.encode_block(data, nseg=nseg), np.uint8)
     lengths = H.unpack_lengths(blk[4:], "t")[0]
-    assert lengths[0] <= 2 and lengths.max() > 12
+    assert lengths[0] <= 3 and lengths.max() > 12     # 4 codes of symbol 0 fit one 12-bit lookup
     out = np.empty(n, np.uint8)
-    assert H._decode_block_nb(blk, out, blk) == H.BLK_OK
+    assert H._decode_block_nb(blk, out, blk, nseg) == H.BLK_OK
     assert np.array_equal(out, data)
-    assert np.array_equal(np.frombuffer(ref.huffman_block_decode(blk.tobytes(), n), np.uint8), data)
+    assert np.array_equal(np.frombuffer(ref.huffman_block_decode(blk.tobytes(), n, nseg), np.uint8), data)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -78,13 +78,9 @@ from ..stats import StreamStat, entropy_bits_of_counts
 from . import huffman
 
 HEADER = 8
-# Segments of the exponent stream that CPU decoders decode interleaved (config `segments`; 4 when
-# absent, as every file before it). New files use 6: one lookup waits for the last one's shift,
-# so more independent readers hide that latency; 6 decode MiniLM's BF16 exponents ~14 % faster
-# than 4, while 8 run out of x86's registers (/tmp script, best of 20, interleaved).
-LEGACY_SEGMENTS = 4
-DEFAULT_SEGMENTS = 6
-MAX_SEGMENTS = 8
+# Segments of the exponent stream that CPU decoders decode interleaved: config `segments`, see
+# huffman.DEFAULT_SEGMENTS (6 for new files, 4 when absent, as in every file before it)
+DEFAULT_SEGMENTS = huffman.DEFAULT_SEGMENTS
 GPU_SYNC_SECTION = 4
 DEFAULT_BPT = 8
 DEFAULT_TPB = 256
@@ -533,7 +529,7 @@ class Exponent(Codec):
     def __init__(self, mantissa_bits: int | None = None, max_code_len: int = DEFAULT_MAX_LEN,
                  code_lengths: list | None = None, gpu_sync: bool = False,
                  bytes_per_thread: int = DEFAULT_BPT, threads_per_block: int = DEFAULT_TPB,
-                 candidates: list | None = None, segments: int = DEFAULT_SEGMENTS):
+                 candidates: list | None = None, segments: int | None = None):
         if mantissa_bits is not None and (not isinstance(mantissa_bits, int) or not 0 <= mantissa_bits <= 3):
             raise ValueError(f"mantissa_bits must be 0..3, got {mantissa_bits!r}")
         if not isinstance(max_code_len, int) or not 12 <= max_code_len <= huffman.MAX_CODE_LEN:
@@ -542,9 +538,9 @@ class Exponent(Codec):
             raise ValueError("gpu_sync must be a boolean")
         if bytes_per_thread not in (4, 8, 16, 32, 64) or threads_per_block not in (32, 64, 128, 256, 512, 1024):
             raise ValueError("bytes_per_thread must be 4..64 (power of two), threads_per_block 32..1024")
-        if type(segments) is not int or not 1 <= segments <= MAX_SEGMENTS:
-            raise ValueError(f"segments must be an integer in [1, {MAX_SEGMENTS}], got {segments!r}")
-        self.segments = segments
+        # None: the writer's default; a stored config without the key reads as 4 (from_config)
+        self.segments = huffman.checked_segments(segments)
+        self.segments_given = segments is not None
         self.mantissa_bits = mantissa_bits
         self.max_code_len = max_code_len
         self.gpu_sync = gpu_sync
@@ -584,7 +580,8 @@ class Exponent(Codec):
             n += piece.size // 2
         k, lengths = _fit_table(hist, n, np.array(ks, np.int64), self.max_code_len)
         fitted = Exponent(int(k), self.max_code_len, None, self.gpu_sync, self.bytes_per_thread,
-                          self.threads_per_block, segments=self.segments)
+                          self.threads_per_block,
+                          segments=self.segments if self.segments_given else DEFAULT_SEGMENTS)
         fitted.lengths = lengths
         return fitted
 
@@ -602,7 +599,7 @@ class Exponent(Codec):
         cfg["gpu_sync"] = self.gpu_sync
         cfg["bytes_per_thread"] = self.bytes_per_thread
         cfg["threads_per_block"] = self.threads_per_block
-        if self.segments != LEGACY_SEGMENTS:    # 4: the 1.0 layout, byte for byte
+        if self.segments != huffman.LEGACY_SEGMENTS:    # 4: the 1.0 layout, byte for byte
             cfg["segments"] = self.segments
         return cfg
 
@@ -613,10 +610,7 @@ class Exponent(Codec):
                                  "bytes_per_thread", "threads_per_block", "segments"}
         if unknown:
             raise FormatError(f"exponent codec: unknown config keys {sorted(unknown)}")
-        if "segments" not in params and params.get("code_lengths") is not None:
-            # a stream's config (it holds the code table) from before `segments`: the 1.0 layout
-            params["segments"] = LEGACY_SEGMENTS
-        return cls(**params)
+        return huffman.from_config_with_segments(cls, params)
 
     def describe(self) -> str:
         k = self.mantissa_bits

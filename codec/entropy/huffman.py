@@ -1174,6 +1174,9 @@ _decode_packed16_u15_r6 = _make_packed_kernel(2, 15, LUT_BITS, 6)
 _decode_packed8_10 = _make_packed_kernel(1, 63, 10)
 _decode_packed8_11 = _make_packed_kernel(1, 63, 11)
 _decode_packed8_12 = _make_packed_kernel(1, 63, 12)
+_decode_packed8_10_r6 = _make_packed_kernel(1, 63, 10, 6)     # blocks of 6 segments
+_decode_packed8_11_r6 = _make_packed_kernel(1, 63, 11, 6)
+_decode_packed8_12_r6 = _make_packed_kernel(1, 63, 12, 6)
 
 
 def decode(stream, nbits: int, n: int, lengths, max_len: int, out=None, what: str = "Huffman stream"):
@@ -1209,8 +1212,42 @@ def unpack_lengths(buf: np.ndarray, what: str) -> tuple[np.ndarray, int]:
     return lengths, 32 + nb_
 
 
-BLOCK_SEGMENTS = 4
-BLOCK_TRAILER = 4 * (BLOCK_SEGMENTS - 1)
+BLOCK_SEGMENTS = 4     # the 1.0 block layout; bytegroup's `segments` config picks others (6)
+MAX_BLOCK_SEGMENTS = 8
+
+# Segment counts of codecs' Huffman streams (config key `segments` of `exponent` and `bytegroup`):
+# configs written before the key existed mean 4; writers now use 6, since one lookup waits for
+# the last one's shift and 6 interleaved readers hide more of that latency than 4 (MiniLM BF16
+# exponents 14 % faster), while 8 run out of x86's registers.
+LEGACY_SEGMENTS = BLOCK_SEGMENTS
+DEFAULT_SEGMENTS = 6
+MAX_SEGMENTS = MAX_BLOCK_SEGMENTS
+
+
+def checked_segments(segments) -> int:
+    """A codec's `segments` argument: None (the writer's default) or an integer in 1..8."""
+    if segments is None:
+        return DEFAULT_SEGMENTS
+    if type(segments) is not int or not 1 <= segments <= MAX_SEGMENTS:
+        raise ValueError(f"segments must be an integer in [1, {MAX_SEGMENTS}], got {segments!r}")
+    return segments
+
+
+def from_config_with_segments(cls, params: dict):
+    """cls(**params) for a codec config: one without `segments` is the 1.0 layout (4 segments)
+    when it decodes, and fits to the writer's default when it compresses (a user's {"id": ...})."""
+    if "segments" in params:
+        if params["segments"] is None:      # None is the constructor's "default", not a layout
+            raise ValueError("segments must be an integer in [1, 8], got None")
+        return cls(**params)
+    codec = cls(**params, segments=LEGACY_SEGMENTS)
+    codec.segments_given = False
+    return codec
+
+
+def block_trailer(nseg: int) -> int:
+    """Bytes of a block's segment table: the start bits of segments 1..nseg-1."""
+    return 4 * (nseg - 1)
 
 
 @nb.njit(nogil=True, cache=True, inline="always")
@@ -1273,26 +1310,29 @@ def _encode_segmented(symbols, lengths, codes, dst, start, nseg, seg_bits):
     seg_bits[nseg] = 8 * (p - start) + nacc
 
 
-def encode_block(data: np.ndarray, counts: np.ndarray | None = None) -> bytes:
-    """Self-describing Huffman block of a uint8 array (layout in decode_block)."""
+def encode_block(data: np.ndarray, counts: np.ndarray | None = None, nseg: int = BLOCK_SEGMENTS) -> bytes:
+    """Self-describing Huffman block of a uint8 array (layout in decode_block), its stream in
+    nseg segments."""
     data = np.ascontiguousarray(data, np.uint8).reshape(-1)
     if counts is None:
         counts = np.bincount(data, minlength=256)
-    out = np.empty(block_size(counts) + 8, np.uint8)
-    return out[:encode_block_into(data, counts, out, 0)].tobytes()
+    out = np.empty(block_size(counts, nseg) + 8, np.uint8)
+    return out[:encode_block_into(data, counts, out, 0, nseg=nseg)].tobytes()
 
 
 def encode_block_into(data: np.ndarray, counts: np.ndarray, out: np.ndarray, off: int,
-                      lengths: np.ndarray | None = None) -> int:
-    """Write encode_block(data) to out[off:]; out must hold 8 spare bytes after the block (they
-    are overwritten). `counts` must be data's byte histogram; `lengths`, if given, the code
-    lengths block_lengths(counts) returned. Returns the block's end offset."""
+                      lengths: np.ndarray | None = None, nseg: int = BLOCK_SEGMENTS) -> int:
+    """Write encode_block(data, nseg=nseg) to out[off:]; out must hold 8 spare bytes after the
+    block (they are overwritten). `counts` must be data's byte histogram; `lengths`, if given, the
+    code lengths block_lengths(counts) returned. Returns the block's end offset."""
+    if not 1 <= nseg <= MAX_BLOCK_SEGMENTS:
+        raise ValueError(f"a block has 1..{MAX_BLOCK_SEGMENTS} segments, not {nseg}")
     if lengths is None:
         lengths = code_lengths(counts, BLOCK_MAX_LEN)
     lengths = np.ascontiguousarray(lengths, np.uint8)
     if int(lengths.max(initial=0)) > BLOCK_MAX_LEN:
         raise ValueError(f"block codes are at most {BLOCK_MAX_LEN} bits")
-    end = _write_block(np.ascontiguousarray(data, np.uint8), np.asarray(counts, np.int64), lengths, out, off)
+    end = _write_block(np.ascontiguousarray(data, np.uint8), np.asarray(counts, np.int64), lengths, out, off, nseg)
     if end == -1:
         raise ValueError("encode_block_into: out is too small")
     if end == -2:
@@ -1301,7 +1341,7 @@ def encode_block_into(data: np.ndarray, counts: np.ndarray, out: np.ndarray, off
 
 
 @nb.njit(nogil=True, cache=True)
-def _write_block(data, counts, lengths, out, off):
+def _write_block(data, counts, lengths, out, off, nseg):
     """encode_block_into in one compiled call (the bytegroup chunk writer calls it per plane):
     the block's end offset, -1 if out lacks room for it and 8 spare bytes, -2 if counts are not
     data's histogram (lengths: BLOCK_MAX_LEN at most, from counts)."""
@@ -1311,14 +1351,15 @@ def _write_block(data, counts, lengths, out, off):
         if lengths[b] > 0:
             k += 1
             nbits += counts[b] * lengths[b]
-    head = off + 4 + 32 + (k + 1) // 2 + BLOCK_TRAILER
+    trailer = 4 * (nseg - 1)
+    head = off + 4 + 32 + (k + 1) // 2 + trailer
     end = head + (nbits + 7) // 8
     if out.shape[0] < end + 8:
         return -1
-    seg = np.zeros(BLOCK_SEGMENTS + 1, np.int64)
+    seg = np.zeros(nseg + 1, np.int64)
     if data.shape[0]:
-        _encode_segmented(data, lengths, _canonical_codes(lengths), out, head, BLOCK_SEGMENTS, seg)
-    if seg[BLOCK_SEGMENTS] != nbits:
+        _encode_segmented(data, lengths, _canonical_codes(lengths), out, head, nseg, seg)
+    if seg[nseg] != nbits:
         return -2
     for j in range(4):
         out[off + j] = np.uint8((nbits >> (8 * j)) & 255)
@@ -1339,17 +1380,18 @@ def _write_block(data, counts, lengths, out, off):
             else:
                 out[t + h // 2] |= np.uint8(lengths[b])
             h += 1
-    for j in range(1, BLOCK_SEGMENTS):
+    for j in range(1, nseg):
         v = seg[j]
         for q in range(4):
-            out[head - BLOCK_TRAILER + 4 * (j - 1) + q] = np.uint8((v >> (8 * q)) & 255)
+            out[head - trailer + 4 * (j - 1) + q] = np.uint8((v >> (8 * q)) & 255)
     return end
 
 
 @nb.njit(nogil=True, cache=True)
-def _block_lengths_nb(counts, lengths_out):
+def _block_lengths_nb(counts, lengths_out, nseg):
     """block_lengths in one compiled call (for callers that size several blocks per chunk):
-    writes the code lengths (uint8) and returns the block's byte size; 0 for no symbols."""
+    writes the code lengths (uint8) and returns the byte size of the block of nseg segments; 0 for
+    no symbols."""
     lens = _limit_lengths(counts, _huffman_lengths(counts), BLOCK_MAX_LEN)
     nbits = np.int64(0)
     k = 0
@@ -1360,36 +1402,40 @@ def _block_lengths_nb(counts, lengths_out):
             nbits += counts[b] * lens[b]
     if k == 0:
         return 0
-    return 4 + 32 + (k + 1) // 2 + BLOCK_TRAILER + (nbits + 7) // 8
+    return 4 + 32 + (k + 1) // 2 + 4 * (nseg - 1) + (nbits + 7) // 8
 
 
-def block_lengths(counts: np.ndarray) -> tuple[int, np.ndarray]:
+def block_lengths(counts: np.ndarray, nseg: int = BLOCK_SEGMENTS) -> tuple[int, np.ndarray]:
     """(encode_block's exact byte size for data with these counts, its code lengths)."""
     counts = np.asarray(counts, np.int64)
     lengths = code_lengths(counts, BLOCK_MAX_LEN)
     nbits = int((counts * lengths).sum())
     k = int(np.count_nonzero(lengths))
-    return 4 + 32 + (k + 1) // 2 + BLOCK_TRAILER + (nbits + 7) // 8, lengths
+    return 4 + 32 + (k + 1) // 2 + block_trailer(nseg) + (nbits + 7) // 8, lengths
 
 
-def block_size(counts: np.ndarray) -> int:
+def block_size(counts: np.ndarray, nseg: int = BLOCK_SEGMENTS) -> int:
     """Exact byte size encode_block would produce for data with these counts."""
-    return block_lengths(counts)[0]
+    return block_lengths(counts, nseg)[0]
 
 
-def decode_block(buf: np.ndarray, out: np.ndarray, what: str = "Huffman block") -> np.ndarray:
-    """Decode an encode_block() block that must fill `out` (uint8) exactly.
+def decode_block(buf: np.ndarray, out: np.ndarray, what: str = "Huffman block",
+                 nseg: int = BLOCK_SEGMENTS) -> np.ndarray:
+    """Decode an encode_block(nseg=nseg) block that must fill `out` (uint8) exactly.
 
     Block: u32 LE bit count | 32-byte bitmap of used byte values | their 4-bit code lengths (high
-    nibble first, max 15) | 3 x u32 LE bit offsets of the codes of symbols n//4, n//2, 3n//4
-    (segment starts; decoders decode the 4 segments interleaved) | MSB-first canonical Huffman
-    bitstream, exactly ceil(bits/8) bytes.
+    nibble first, max 15) | nseg - 1 x u32 LE bit offsets of the codes of symbols j*n//nseg,
+    j = 1..nseg-1 (segment starts; decoders decode the segments interleaved; 4 segments unless
+    the block's user says otherwise) | MSB-first canonical Huffman bitstream, exactly ceil(bits/8)
+    bytes.
     """
+    if not 1 <= nseg <= MAX_BLOCK_SEGMENTS:
+        raise ValueError(f"a block has 1..{MAX_BLOCK_SEGMENTS} segments, not {nseg}")
     if buf.size < 4:
         raise FormatError(f"{what}: truncated header ({buf.size} of 4 bytes)")
     nbits = int(buf[:4].view("<u4")[0])
     lengths, used = unpack_lengths(buf[4:], what)
-    head = 4 + used + BLOCK_TRAILER
+    head = 4 + used + block_trailer(nseg)
     if buf.size < head:
         raise FormatError(f"{what}: segment table truncated")
     body = buf[head:]
@@ -1402,11 +1448,11 @@ def decode_block(buf: np.ndarray, out: np.ndarray, what: str = "Huffman block") 
     if not lengths.any():
         raise FormatError(f"{what}: empty code table for {out.size} symbols")
     n = out.size
-    seg_bits = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    seg_bits = np.empty(nseg + 1, np.int64)
     seg_bits[0] = 0
-    seg_bits[1:BLOCK_SEGMENTS] = buf[4 + used:head].view("<u4")
-    seg_bits[BLOCK_SEGMENTS] = nbits
-    seg_out = np.array([(j * n) // BLOCK_SEGMENTS for j in range(BLOCK_SEGMENTS + 1)], np.int64)
+    seg_bits[1:nseg] = buf[4 + used:head].view("<u4")
+    seg_bits[nseg] = nbits
+    seg_out = np.array([(j * n) // nseg for j in range(nseg + 1)], np.int64)
     lut_bits = _block_lut_bits(n)
     return get_decoder(lengths, BLOCK_MAX_LEN, lut_bits).decode_segments(body, seg_bits, seg_out, out, what)
 
@@ -1435,9 +1481,11 @@ BLOCK_STATUS_TEXT = {
 
 @nb.njit(nogil=True, cache=True)
 def _block_header(buf, n, lengths, seg_bits, seg_out):
-    """Parse and check a block's header for n symbols: fills lengths and the 4 segments, returns
-    (status, offset of the bitstream); status BLK_OK with n == 0 means nothing to decode."""
+    """Parse and check a block's header for n symbols: fills lengths and the segments (as many as
+    seg_bits has entries after the first), returns (status, offset of the bitstream); status
+    BLK_OK with n == 0 means nothing to decode."""
     size = buf.shape[0]
+    nseg = seg_bits.shape[0] - 1
     if size < 4 + 32:
         return BLK_ERR_HEADER, 0
     nbits = np.int64(buf[0]) | (np.int64(buf[1]) << 8) | (np.int64(buf[2]) << 16) | (np.int64(buf[3]) << 24)
@@ -1446,7 +1494,8 @@ def _block_header(buf, n, lengths, seg_bits, seg_out):
         if (buf[4 + (sym >> 3)] >> (7 - (sym & 7))) & 1:
             k += 1
     nb_ = (k + 1) // 2
-    head = 4 + 32 + nb_ + BLOCK_TRAILER
+    trailer = 4 * (nseg - 1)
+    head = 4 + 32 + nb_ + trailer
     if size < head:
         return BLK_ERR_HEADER, 0
     t = 0
@@ -1468,24 +1517,27 @@ def _block_header(buf, n, lengths, seg_bits, seg_out):
     if kraft > (np.int64(1) << MAX_CODE_LEN):
         return BLK_ERR_TABLE, 0
     seg_bits[0] = 0
-    seg_bits[BLOCK_SEGMENTS] = nbits
-    for j in range(BLOCK_SEGMENTS + 1):
-        seg_out[j] = (j * n) // BLOCK_SEGMENTS
-    for j in range(1, BLOCK_SEGMENTS):
-        q = head - BLOCK_TRAILER + 4 * (j - 1)
+    seg_bits[nseg] = nbits
+    for j in range(nseg + 1):
+        seg_out[j] = (j * n) // nseg
+    for j in range(1, nseg):
+        q = head - trailer + 4 * (j - 1)
         seg_bits[j] = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16) \
             | (np.int64(buf[q + 3]) << 24)
     return BLK_OK, head
 
 
 @nb.njit(nogil=True, cache=True)
-def _decode_block_nb(buf, out, ahead):
+def _decode_block_nb(buf, out, ahead, nseg):
     """decode_block in one call: returns a status (BLK_OK, BLK_ERR_*, or a _decode_segments one).
-    `ahead`: what the caller reads next, prefetched while decoding (see _make_packed_kernel)."""
+    `ahead`: what the caller reads next, prefetched while decoding (see _make_packed_kernel).
+    Packed kernels serve 4 and 6 segments, the generic one other counts (1..8)."""
     n = out.shape[0]
+    if nseg < 1 or nseg > MAX_BLOCK_SEGMENTS:
+        return ERR_SEGMENTS
     lengths = np.zeros(256, np.uint8)
-    seg_bits = np.empty(BLOCK_SEGMENTS + 1, np.int64)
-    seg_out = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    seg_bits = np.empty(nseg + 1, np.int64)
+    seg_out = np.empty(nseg + 1, np.int64)
     st, head = _block_header(buf, n, lengths, seg_bits, seg_out)
     if st != BLK_OK or n == 0:
         return st
@@ -1494,7 +1546,7 @@ def _decode_block_nb(buf, out, ahead):
     first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
     first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
     len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    if lut_bits < 10:
+    if lut_bits < 10 or (nseg != 4 and nseg != 6):
         lut_sym = np.empty(1 << lut_bits, np.uint64)
         lut_sym8 = np.empty(1 << lut_bits, np.uint64)
         lut_info = np.empty(1 << lut_bits, np.uint16)
@@ -1505,13 +1557,23 @@ def _decode_block_nb(buf, out, ahead):
     _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
     packed = np.empty(1 << lut_bits, np.uint64)
     _build_packed_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed, False, 0)
+    src = buf[head:]
+    if nseg == 6:
+        if lut_bits == 12:
+            return _decode_packed8_12_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                         first_code, first_index, len_count, BLOCK_MAX_LEN)
+        if lut_bits == 11:
+            return _decode_packed8_11_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                         first_code, first_index, len_count, BLOCK_MAX_LEN)
+        return _decode_packed8_10_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                     first_code, first_index, len_count, BLOCK_MAX_LEN)
     if lut_bits == 12:
-        return _decode_packed8_12(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+        return _decode_packed8_12(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                   first_code, first_index, len_count, BLOCK_MAX_LEN)
     if lut_bits == 11:
-        return _decode_packed8_11(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+        return _decode_packed8_11(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                   first_code, first_index, len_count, BLOCK_MAX_LEN)
-    return _decode_packed8_10(buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+    return _decode_packed8_10(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                               first_code, first_index, len_count, BLOCK_MAX_LEN)
 
 
@@ -1521,18 +1583,18 @@ WIDE_BLOCK_MIN = 1 << 17
 
 
 @nb.njit(nogil=True, cache=True)
-def _decode_block_wide(buf, out16, shift, ahead):
+def _decode_block_wide(buf, out16, shift, ahead, nseg):
     """decode_block into uint16 words: out16[i] = symbol i << shift plus garbage in the low `shift`
     (>= 6) bits, as the exponent kernels leave them, for a caller that ORs in the other bits; a
     block of at least WIDE_BLOCK_MIN symbols. The lanes' stores then fill the output words during
     the compute-bound decode, instead of a later pass writing cold memory. A status, as
-    _decode_block_nb's."""
+    _decode_block_nb's. Blocks of 4 or 6 segments."""
     n = out16.shape[0]
-    if n < WIDE_BLOCK_MIN or shift < 6 or shift > 8:
+    if n < WIDE_BLOCK_MIN or shift < 6 or shift > 8 or (nseg != 4 and nseg != 6):
         return ERR_SEGMENTS
     lengths = np.zeros(256, np.uint8)
-    seg_bits = np.empty(BLOCK_SEGMENTS + 1, np.int64)
-    seg_out = np.empty(BLOCK_SEGMENTS + 1, np.int64)
+    seg_bits = np.empty(nseg + 1, np.int64)
+    seg_out = np.empty(nseg + 1, np.int64)
     st, head = _block_header(buf, n, lengths, seg_bits, seg_out)
     if st != BLK_OK:
         return st
@@ -1543,5 +1605,8 @@ def _decode_block_wide(buf, out16, shift, ahead):
     _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
     packed = np.empty(1 << LUT_BITS, np.uint64)
     _build_packed_ranges(lengths, LUT_BITS, first_code, first_index, len_count, sorted_syms, packed, True, shift)
+    if nseg == 6:
+        return _decode_packed16_u63_r6(buf[head:], seg_bits, seg_out, out16, packed, shift, ahead,
+                                       sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
     return _decode_packed16_u63(buf[head:], seg_bits, seg_out, out16, packed, shift, ahead, sorted_syms,
                                 first_code, first_index, len_count, BLOCK_MAX_LEN)

@@ -8,9 +8,12 @@ each chunk is stored with the best of three methods:
     0 raw       the n plane bytes
     1 huffman   `huffman.encode_block`: u32 LE bit count | 32-byte bitmap of used byte values |
                 4-bit code lengths of the used values (high nibble first, max length 15) |
-                3 x u32 LE segment offsets: the bit at which the code of byte (j * n) // 4 starts,
-                j = 1, 2, 3 (decoders decode the 4 segments interleaved) |
-                MSB-first canonical Huffman bitstream (exactly ceil(bits/8) bytes)
+                S - 1 x u32 LE segment offsets: the bit at which the code of byte (j * n) // S
+                starts, j = 1 .. S - 1 (decoders decode the S segments interleaved) |
+                MSB-first canonical Huffman bitstream (exactly ceil(bits/8) bytes).
+                S = the config's `segments` (1..8); a config without the key, as every file
+                before it, has S = 4; new files have S = 6 (as `exponent`, and for the same
+                reason: 6 interleaved readers hide more of each lookup's latency).
     2 zstd      one Zstandard frame (no content size, no checksum)
     3 huffman7  the plane's top bits raw, ceil(n/8) bytes (byte i's bit 7 at bit 7 - i % 8 of
                 byte i // 8), then a `huffman` block (as method 1) of the bytes' low 7 bits. For
@@ -149,15 +152,15 @@ def _plane_counts(planes, counts):
 
 
 @nb.njit(nogil=True, cache=True)
-def _size_planes(counts, sizes, lengths, low7):
-    """For every plane p with bytes: sizes[p, 0] and lengths[p, 0] of its Huffman block,
-    sizes[p, 1] and lengths[p, 1] of the block of its low 7 bits (counts in low7[p]); one
-    compiled call instead of a Python round trip per block (8 per F32 chunk)."""
+def _size_planes(counts, sizes, lengths, low7, nseg):
+    """For every plane p with bytes: sizes[p, 0] and lengths[p, 0] of its Huffman block (nseg
+    segments), sizes[p, 1] and lengths[p, 1] of the block of its low 7 bits (counts in low7[p]);
+    one compiled call instead of a Python round trip per block (8 per F32 chunk)."""
     for p in range(counts.shape[0]):
         for b in range(128):
             low7[p, b] = counts[p, b] + counts[p, b + 128]
-        sizes[p, 0] = huffman._block_lengths_nb(counts[p], lengths[p, 0])
-        sizes[p, 1] = huffman._block_lengths_nb(low7[p], lengths[p, 1])
+        sizes[p, 0] = huffman._block_lengths_nb(counts[p], lengths[p, 0], nseg)
+        sizes[p, 1] = huffman._block_lengths_nb(low7[p], lengths[p, 1], nseg)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -202,11 +205,11 @@ def _count16(v16, rot, hist, counts):
 
 
 @nb.njit(nogil=True, cache=True)
-def _plan(chunk, v16, s, rot, planes, hist, counts, sizes, lengths, low7, methods, lens):
+def _plan(chunk, v16, s, rot, planes, hist, counts, sizes, lengths, low7, methods, lens, nseg):
     """The analysis half of encoding a chunk, in one compiled call: split into planes, count, size
     every plane's Huffman and huffman7 blocks, and pick per plane the smallest of raw, huffman and
     huffman7 (huffman7 when no larger than the best: it decodes faster) into methods/lens.
-    v16: the chunk's elements as uint16 when s == 2 (else unused)."""
+    v16: the chunk's elements as uint16 when s == 2 (else unused); nseg: the blocks' segments."""
     n = planes.shape[1]
     counts[:] = 0
     _split(chunk, s, rot, planes)
@@ -221,7 +224,7 @@ def _plan(chunk, v16, s, rot, planes, hist, counts, sizes, lengths, low7, method
                     counts[p, b] += sub[p, t, b]
     sizes[:] = 0
     if n:
-        _size_planes(counts, sizes, lengths, low7)
+        _size_planes(counts, sizes, lengths, low7, nseg)
     for p in range(s):
         methods[p] = RAW
         lens[p] = n
@@ -255,7 +258,7 @@ def _split_top_bits(plane, out, off):
 
 
 @nb.njit(nogil=True, cache=True)
-def _write(planes, methods, lens, counts, low7, lengths, tail, out):
+def _write(planes, methods, lens, counts, low7, lengths, tail, out, nseg):
     """The writing half: the plane table and every raw/huffman/huffman7 plane (zstd planes are
     left for the caller), then the tail; out holds the whole payload + 8 spare bytes. Returns the
     payload size, or -1 - p if plane p's block did not come out at its planned size. Masks the
@@ -271,13 +274,13 @@ def _write(planes, methods, lens, counts, low7, lengths, tail, out):
         m = methods[p]
         end = off + lens[p]
         if m == HUFFMAN:
-            if huffman._write_block(planes[p], counts[p], lengths[p, 0], out, off) != end:
+            if huffman._write_block(planes[p], counts[p], lengths[p, 0], out, off, nseg) != end:
                 return -1 - p
         elif m == HUFFMAN7:
             nb8 = (n + 7) // 8
             row = planes[p]
             _split_top_bits(row, out, off)
-            if huffman._write_block(row, low7[p], lengths[p, 1], out, off + nb8) != end:
+            if huffman._write_block(row, low7[p], lengths[p, 1], out, off + nb8, nseg) != end:
                 return -1 - p
         elif m == RAW:
             out[off:end] = planes[p]
@@ -402,9 +405,9 @@ _LAYOUT_TEXT = {_ERR_SHORT: "payload shorter than its plane table", _ERR_METHOD:
 
 
 @nb.njit(nogil=True, cache=True)
-def _decode_chunk(buf, s, rot, planes, out):
-    """Decode a chunk without zstd planes in one call: 0, _NEEDS_ZSTD (nothing written), or an
-    error code (_ERR_*)."""
+def _decode_chunk(buf, s, rot, planes, out, nseg):
+    """Decode a chunk without zstd planes (Huffman blocks of nseg segments) in one call: 0,
+    _NEEDS_ZSTD (nothing written), or an error code (_ERR_*)."""
     size = buf.shape[0]
     n = planes.shape[1]
     t = out.shape[0] - n * s
@@ -435,14 +438,15 @@ def _decode_chunk(buf, s, rot, planes, out):
         return _ERR_TOTAL
     if zstd:
         return _NEEDS_ZSTD
-    if s == 2 and n >= huffman.WIDE_BLOCK_MIN and buf[0] == RAW and (buf[5] == HUFFMAN or buf[5] == HUFFMAN7):
+    if s == 2 and n >= huffman.WIDE_BLOCK_MIN and buf[0] == RAW and (buf[5] == HUFFMAN or buf[5] == HUFFMAN7) \
+            and (nseg == 4 or nseg == 6):
         # F16's usual chunk (a raw low byte, a coded high one): the high plane decodes straight
         # into the output words, whose cache lines the compute-bound decode then pulls in (a
         # later merge writing them cold cost 10 % of the chunk); the raw plane is prefetched
         nb8 = (n + 7) // 8 if buf[5] == HUFFMAN7 else 0
         low = buf[offs[0]:offs[0] + n]
         out16 = out[:2 * n].view(np.uint16)
-        st = huffman._decode_block_wide(buf[offs[1] + nb8:offs[1] + lens[1]], out16, 8, low)
+        st = huffman._decode_block_wide(buf[offs[1] + nb8:offs[1] + lens[1]], out16, 8, low, nseg)
         if st != 0:
             return _ERR_PLANE + 100 + st
         _merge_wide(out16, low, buf[offs[1]:offs[1] + nb8], rot)
@@ -467,7 +471,7 @@ def _decode_chunk(buf, s, rot, planes, out):
             off = offs[p]
             nb8 = (n + 7) // 8 if buf[5 * p] == HUFFMAN7 else 0     # method 3: top bits first
             body = buf[off + nb8:off + lens[p]]
-            st = huffman._decode_block_nb(body, planes[p], buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
+            st = huffman._decode_block_nb(body, planes[p], buf[raw_lo:raw_hi] if raw_lo < raw_hi else body, nseg)
             raw_hi = raw_lo
             if st != 0:
                 return _ERR_PLANE + 100 * p + st
@@ -510,7 +514,8 @@ class ByteGroup(Codec):
     # 84.741/85.500 % and 5-7 % faster decoding; on F32, 512 KiB gave 81.908 % against 81.876 %.
     default_chunk_size = 1 << 18
 
-    def __init__(self, itemsize: int = 1, rotate: int = 0, zstd_level: int = 3, zstd: str = "auto"):
+    def __init__(self, itemsize: int = 1, rotate: int = 0, zstd_level: int = 3, zstd: str = "auto",
+                 segments: int | None = None):
         if itemsize not in (1, 2, 4, 8):
             raise ValueError(f"itemsize must be 1, 2, 4 or 8, got {itemsize!r}")
         if not isinstance(rotate, int) or not 0 <= rotate < 8 * itemsize:
@@ -520,13 +525,17 @@ class ByteGroup(Codec):
         if zstd not in ("auto", "always", "never"):
             raise ValueError(f"zstd must be 'auto', 'always' or 'never', got {zstd!r}")
         self.itemsize, self.rotate, self.zstd_level, self.zstd = itemsize, rotate, zstd_level, zstd
+        # None: the writer's default; a stored config without the key reads as 4 (from_config)
+        self.segments = huffman.checked_segments(segments)
+        self.segments_given = segments is not None
 
     def fit(self, source, dtype: str) -> "ByteGroup":
         d = lookup(dtype)
         zmode = self.zstd
         if zmode == "auto":
             zmode = "never" if d.is_float else "always"
-        fitted = ByteGroup(d.itemsize, _default_rotate(dtype) if d.itemsize > 1 else 0, self.zstd_level, zmode)
+        fitted = ByteGroup(d.itemsize, _default_rotate(dtype) if d.itemsize > 1 else 0, self.zstd_level, zmode,
+                           self.segments if self.segments_given else huffman.DEFAULT_SEGMENTS)
         if d.itemsize == 2:
             fitted.default_chunk_size = 1 << 19
         return fitted
@@ -535,16 +544,19 @@ class ByteGroup(Codec):
         return self.itemsize
 
     def get_config(self) -> dict[str, Any]:
-        return {"id": self.codec_id, "itemsize": self.itemsize, "rotate": self.rotate,
-                "zstd_level": self.zstd_level, "zstd": self.zstd}
+        cfg = {"id": self.codec_id, "itemsize": self.itemsize, "rotate": self.rotate,
+               "zstd_level": self.zstd_level, "zstd": self.zstd}
+        if self.segments != huffman.LEGACY_SEGMENTS:    # 4: the 1.0 layout, byte for byte
+            cfg["segments"] = self.segments
+        return cfg
 
     @classmethod
     def from_config(cls, config):
         params = {k: v for k, v in config.items() if k != "id"}
-        unknown = set(params) - {"itemsize", "rotate", "zstd_level", "zstd"}
+        unknown = set(params) - {"itemsize", "rotate", "zstd_level", "zstd", "segments"}
         if unknown:
             raise FormatError(f"bytegroup codec: unknown config keys {sorted(unknown)}")
-        return cls(**params)
+        return huffman.from_config_with_segments(cls, params)
 
     # -- chunk level ---------------------------------------------------------------------
     def _planes(self, chunk: np.ndarray):
@@ -565,7 +577,7 @@ class ByteGroup(Codec):
         n = chunk.size // s
         planes, hist, counts, sizes, lengths, low7, methods, lens = _SCRATCH.get(s, n)
         v16 = chunk[:2 * n].view("<u2") if s == 2 else _NO_U16
-        _plan(chunk, v16, s, self.rotate, planes, hist, counts, sizes, lengths, low7, methods, lens)
+        _plan(chunk, v16, s, self.rotate, planes, hist, counts, sizes, lengths, low7, methods, lens, self.segments)
         zs = {}
         if self.zstd != "never" and n:
             for p in range(s):
@@ -574,7 +586,7 @@ class ByteGroup(Codec):
                     methods[p], lens[p], zs[p] = ZSTD, len(z), z
         tail = chunk[n * s:]
         out = np.empty(5 * s + int(lens.sum()) + tail.size + 8, np.uint8)
-        end = _write(planes, methods, lens, counts, low7, lengths, tail, out)
+        end = _write(planes, methods, lens, counts, low7, lengths, tail, out, self.segments)
         if end < 0:
             raise RuntimeError(f"bytegroup: plane {-1 - end} did not encode to its planned size")
         for p, z in zs.items():
@@ -617,7 +629,7 @@ class ByteGroup(Codec):
         s = self.itemsize
         n = out.size // s
         planes = _SCRATCH.get(s, n)[0]      # per thread (new memory per chunk costs page faults)
-        st = _decode_chunk(buf, s, self.rotate, planes, out)
+        st = _decode_chunk(buf, s, self.rotate, planes, out, self.segments)
         if st == _NEEDS_ZSTD:
             return self._decode_py(buf, planes, out, what)
         if st != 0:
@@ -637,10 +649,10 @@ class ByteGroup(Codec):
             if m == RAW:
                 planes[p] = body
             elif m == HUFFMAN:
-                huffman.decode_block(body, planes[p], f"{what} plane {p}")
+                huffman.decode_block(body, planes[p], f"{what} plane {p}", self.segments)
             elif m == HUFFMAN7:
                 nb8 = (n + 7) // 8
-                huffman.decode_block(body[nb8:], planes[p], f"{what} plane {p}")
+                huffman.decode_block(body[nb8:], planes[p], f"{what} plane {p}", self.segments)
                 _or_top_bits(planes[p], body[:nb8])
             else:
                 decompress_into(body, planes[p], f"{what} plane {p} (zstd)")
