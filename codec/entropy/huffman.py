@@ -23,7 +23,9 @@ the segment's own outputs; the rest is decoded with bounds-checked loads, and ev
 end exactly at the next one's first bit. The hot decoders (Huffman blocks, the exponent codec) use
 packed tables instead: one 8-byte entry per lookup holding symbols, bits used and count (one table
 load, not two), and readers that load 8 bytes once per 4 lookups and shift the bits out of a
-register (see `_make_packed_kernel`). Every step consumes at least one bit and emits at least
+register (see `_make_packed_kernel`), 4 or 6 of them interleaved: the latency of the lookup
+chain bounds one reader, and 6 hide more of it than 4 (the `segments` of the codecs' streams).
+Every step consumes at least one bit and emits at least
 one symbol, so decoding is bounded by the output size. Kernels report an error status instead of
 reading or writing out of bounds; the Python wrappers raise `FormatError`. All kernels are `nogil`
 so chunks decode in parallel threads.
