@@ -335,6 +335,20 @@ def test_wide_decode_has_long_codes():
     assert huffman.block_lengths(counts)[1].max() > 12
 
 
+def _damaged(e, rng, trials, every):
+    """`trials` damaged copies of payload e: every `every`-th one truncated, the others with 1-3
+    flipped bits."""
+    for trial in range(trials):
+        bad = bytearray(e)
+        if trial % every == 0:
+            bad = bad[:int(rng.integers(0, len(bad)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                i = int(rng.integers(0, len(bad)))
+                bad[i] ^= 1 << int(rng.integers(0, 8))
+        yield bytes(bad)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_wide_decode_corruption(seed):
     from codec.entropy.huffman import WIDE_BLOCK_MIN
@@ -343,19 +357,11 @@ def test_wide_decode_corruption(seed):
     b = _wide_sample(n, seed, seed % 2 == 0).view(np.uint8)
     c = ByteGroup().fit(ArraySource(b), "F16")
     e = bytes(c.encode_buffer(b))
-    rng = np.random.default_rng(seed)
     out = np.empty_like(b)
-    for trial in range(30):
-        bad = bytearray(e)
-        if trial % 5 == 0:
-            bad = bad[:int(rng.integers(0, len(bad)))]
-        else:
-            for _ in range(int(rng.integers(1, 4))):
-                i = int(rng.integers(0, len(bad)))
-                bad[i] ^= 1 << int(rng.integers(0, 8))
+    for bad in _damaged(e, np.random.default_rng(seed), 30, 5):
         try:
-            c.decode(bytes(bad), out)      # a flip in raw or coded bits may decode (the frame's
-        except FormatError:                # checksum catches it); nothing else may happen
+            c.decode(bad, out)      # a flip in raw or coded bits may decode (the frame's
+        except FormatError:         # checksum catches it); nothing else may happen
             pass
 
 
@@ -491,3 +497,20 @@ def test_every_segment_count_round_trips(dtype, n, segments):
     c.decode(e, out)
     assert np.array_equal(out, b)
     assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), b.size), b)
+
+
+@pytest.mark.parametrize("segments", [3, 6])
+def test_corrupt_blocks_of_other_segment_counts(segments):
+    # the generic kernel (counts other than 4 and 6) and the 6-reader one on damaged payloads:
+    # a FormatError or some output (the frame checksum catches a wrong one), never anything else
+    b = sample("F32", 40000, 4).view(np.uint8)
+    c = ByteGroup(zstd="never", segments=segments).fit(ArraySource(b), "F32")
+    e = c.encode(b)
+    out = np.empty_like(b)
+    raised = 0
+    for bad in _damaged(e, np.random.default_rng(segments), 40, 4):
+        try:
+            c.decode(bad, out)
+        except FormatError:
+            raised += 1
+    assert raised >= 10      # every truncation at least

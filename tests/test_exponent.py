@@ -187,7 +187,7 @@ def test_segment_table_matches_code_starts(n, nseg):
     assert np.array_equal(ref.exponent_decode(e, c.get_config(), 2 * n), v.view(np.uint8))
 
 
-@pytest.mark.parametrize("nseg", [4, 6])
+@pytest.mark.parametrize("nseg", [4, 6, 5])
 @pytest.mark.parametrize("change", ["dec", "inc", "swap", "past", "huge", "zero"])
 def test_segment_table_corruption_rejected(change, nseg):
     v = weights(70_000, 3)      # past SMALL_CHUNK: the packed kernels

@@ -152,15 +152,10 @@ def _put_value(v, sh, smask, lengths, codes, acc, nacc, neg):
     return acc, nacc, neg | (np.int64(lengths[s]) - 1)
 
 
-def trailer_size(nseg: int) -> int:
-    """Bytes of a chunk's segment table: the start bits of segments 1..nseg-1."""
-    return 4 * (nseg - 1)
-
-
 def _make_encoder(k, NSEG):
     """_encode_chunk for k mantissa bits and NSEG segments: field shifts and masks as compile-time
     constants (the exponent-stream loop is instruction bound; runtime ones cost 8 % there)."""
-    TRAILER = trailer_size(NSEG)
+    TRAILER = huffman.segment_table_size(NSEG)
     # plain ints: numba's cache keys a closure on its cell values, and numpy scalars there made
     # every process compile anew (1.2 s) and add a cache entry
     SH_ = 7 - k
@@ -654,7 +649,7 @@ class Exponent(Codec):
         if nbits > n * self.max_code_len or nbits < n:
             raise FormatError(f"{what}: {nbits} code bits for {n} values is impossible "
                               f"(codes are 1..{self.max_code_len} bits)")
-        size = HEADER + E + R + trailer_size(self.segments)
+        size = HEADER + E + R + huffman.segment_table_size(self.segments)
         if buf.size != size:
             raise FormatError(f"{what}: payload is {buf.size} bytes, its header implies {size} "
                               f"({self.segments} segments)")

@@ -1105,11 +1105,16 @@ def _packed_factory_r{readers}(itemsize, umask, lut_bits, seg_finish):
             safe = min(safe, (lim - {all_of("pos{j}", "max")}) // (4 * lut_bits))
             if safe <= 0:
                 break
+            # readers: a byte pointer and a bit buffer ending in a marker bit, so the bits used are
+            # its trailing zeros (no position update per lookup); outputs: byte pointers. Raw
+            # addresses keep every reader in registers; `safe` bounds every access.
 {each("p{j} = sb + np.uint64(pos{j} >> 3)", 12)}\
 {each("b{j} = (_load_be64_at(p{j}) | one) << np.uint64(pos{j} & 7)", 12)}\
 {each("w{j} = ob + size * np.uint64(o{j})", 12)}\
             slow = -1
             for _ in range(safe):
+                # 4 lookups per reader use <= 48 of the >= 56 bits its buffer holds (the marker
+                # sits below them); then each reader moves on by its whole bytes used and reloads
                 for _r in range(4):
 {lookups}\
                 if slow >= 0:
@@ -1120,10 +1125,12 @@ def _packed_factory_r{readers}(itemsize, umask, lut_bits, seg_finish):
                 pf += np.uint64(64)
 {each("pos{j} = np.int64(np.uint64(8) * (p{j} - sb) + _ctz64(b{j}))", 12)}\
 {each("o{j} = np.int64((w{j} - ob) // size)", 12)}\
+            # a code longer than the table (rare): one canonical step, its symbol shifted into place
             st = OK
 {slow_steps}\
             if st != OK:
                 return st
+        # the tails: each segment alone, from the same table (outputs in place)
 {tails}\
         return st
     return decode_packed
@@ -1158,8 +1165,8 @@ def _make_packed_kernel(itemsize, umask, lut_bits, readers=4):
 
     The source is generated per reader count (one factory each: numba's cache keys a function by
     its qualified name and closure values, so counts must not share a name). 4 readers are
-    latency-bound on x86 (each lookup waits for the last one's shift); 6 run ~11 % faster on BF16
-    exponents, 8 spill registers and lose part of that (/tmp prototype, MiniLM)."""
+    latency-bound on x86 (each lookup waits for the last one's shift); 6 run 14 % faster on MiniLM's
+    BF16 exponents, 8 spill registers and lose all of that (/tmp script, best of 20)."""
     factory = _packed_factories.get(readers)
     if factory is None:
         ns = dict(globals())
@@ -1214,16 +1221,14 @@ def unpack_lengths(buf: np.ndarray, what: str) -> tuple[np.ndarray, int]:
     return lengths, 32 + nb_
 
 
-BLOCK_SEGMENTS = 4     # the 1.0 block layout; bytegroup's `segments` config picks others (6)
-MAX_BLOCK_SEGMENTS = 8
-
-# Segment counts of codecs' Huffman streams (config key `segments` of `exponent` and `bytegroup`):
-# configs written before the key existed mean 4; writers now use 6, since one lookup waits for
-# the last one's shift and 6 interleaved readers hide more of that latency than 4 (MiniLM BF16
+# Segment counts of Huffman streams: a block is in LEGACY_SEGMENTS unless its user says otherwise
+# (the field streams of quantized codecs), and so is every stream of a codec config written before
+# the key `segments` existed (`exponent`, `bytegroup`); writers now use 6, since one lookup waits
+# for the last one's shift and 6 interleaved readers hide more of that latency than 4 (MiniLM BF16
 # exponents 14 % faster), while 8 run out of x86's registers.
-LEGACY_SEGMENTS = BLOCK_SEGMENTS
+LEGACY_SEGMENTS = 4
 DEFAULT_SEGMENTS = 6
-MAX_SEGMENTS = MAX_BLOCK_SEGMENTS
+MAX_SEGMENTS = 8
 
 
 def checked_segments(segments) -> int:
@@ -1240,15 +1245,16 @@ def from_config_with_segments(cls, params: dict):
     when it decodes, and fits to the writer's default when it compresses (a user's {"id": ...})."""
     if "segments" in params:
         if params["segments"] is None:      # None is the constructor's "default", not a layout
-            raise ValueError("segments must be an integer in [1, 8], got None")
+            raise ValueError(f"segments must be an integer in [1, {MAX_SEGMENTS}], got None")
         return cls(**params)
     codec = cls(**params, segments=LEGACY_SEGMENTS)
     codec.segments_given = False
     return codec
 
 
-def block_trailer(nseg: int) -> int:
-    """Bytes of a block's segment table: the start bits of segments 1..nseg-1."""
+def segment_table_size(nseg: int) -> int:
+    """Bytes of a stream's segment table (a Huffman block's, an exponent chunk's): the start bits
+    of segments 1..nseg-1, u32 each."""
     return 4 * (nseg - 1)
 
 
@@ -1312,7 +1318,7 @@ def _encode_segmented(symbols, lengths, codes, dst, start, nseg, seg_bits):
     seg_bits[nseg] = 8 * (p - start) + nacc
 
 
-def encode_block(data: np.ndarray, counts: np.ndarray | None = None, nseg: int = BLOCK_SEGMENTS) -> bytes:
+def encode_block(data: np.ndarray, counts: np.ndarray | None = None, nseg: int = LEGACY_SEGMENTS) -> bytes:
     """Self-describing Huffman block of a uint8 array (layout in decode_block), its stream in
     nseg segments."""
     data = np.ascontiguousarray(data, np.uint8).reshape(-1)
@@ -1323,12 +1329,12 @@ def encode_block(data: np.ndarray, counts: np.ndarray | None = None, nseg: int =
 
 
 def encode_block_into(data: np.ndarray, counts: np.ndarray, out: np.ndarray, off: int,
-                      lengths: np.ndarray | None = None, nseg: int = BLOCK_SEGMENTS) -> int:
+                      lengths: np.ndarray | None = None, nseg: int = LEGACY_SEGMENTS) -> int:
     """Write encode_block(data, nseg=nseg) to out[off:]; out must hold 8 spare bytes after the
     block (they are overwritten). `counts` must be data's byte histogram; `lengths`, if given, the
     code lengths block_lengths(counts) returned. Returns the block's end offset."""
-    if not 1 <= nseg <= MAX_BLOCK_SEGMENTS:
-        raise ValueError(f"a block has 1..{MAX_BLOCK_SEGMENTS} segments, not {nseg}")
+    if not 1 <= nseg <= MAX_SEGMENTS:
+        raise ValueError(f"a block has 1..{MAX_SEGMENTS} segments, not {nseg}")
     if lengths is None:
         lengths = code_lengths(counts, BLOCK_MAX_LEN)
     lengths = np.ascontiguousarray(lengths, np.uint8)
@@ -1407,22 +1413,22 @@ def _block_lengths_nb(counts, lengths_out, nseg):
     return 4 + 32 + (k + 1) // 2 + 4 * (nseg - 1) + (nbits + 7) // 8
 
 
-def block_lengths(counts: np.ndarray, nseg: int = BLOCK_SEGMENTS) -> tuple[int, np.ndarray]:
+def block_lengths(counts: np.ndarray, nseg: int = LEGACY_SEGMENTS) -> tuple[int, np.ndarray]:
     """(encode_block's exact byte size for data with these counts, its code lengths)."""
     counts = np.asarray(counts, np.int64)
     lengths = code_lengths(counts, BLOCK_MAX_LEN)
     nbits = int((counts * lengths).sum())
     k = int(np.count_nonzero(lengths))
-    return 4 + 32 + (k + 1) // 2 + block_trailer(nseg) + (nbits + 7) // 8, lengths
+    return 4 + 32 + (k + 1) // 2 + segment_table_size(nseg) + (nbits + 7) // 8, lengths
 
 
-def block_size(counts: np.ndarray, nseg: int = BLOCK_SEGMENTS) -> int:
+def block_size(counts: np.ndarray, nseg: int = LEGACY_SEGMENTS) -> int:
     """Exact byte size encode_block would produce for data with these counts."""
     return block_lengths(counts, nseg)[0]
 
 
 def decode_block(buf: np.ndarray, out: np.ndarray, what: str = "Huffman block",
-                 nseg: int = BLOCK_SEGMENTS) -> np.ndarray:
+                 nseg: int = LEGACY_SEGMENTS) -> np.ndarray:
     """Decode an encode_block(nseg=nseg) block that must fill `out` (uint8) exactly.
 
     Block: u32 LE bit count | 32-byte bitmap of used byte values | their 4-bit code lengths (high
@@ -1431,13 +1437,13 @@ def decode_block(buf: np.ndarray, out: np.ndarray, what: str = "Huffman block",
     the block's user says otherwise) | MSB-first canonical Huffman bitstream, exactly ceil(bits/8)
     bytes.
     """
-    if not 1 <= nseg <= MAX_BLOCK_SEGMENTS:
-        raise ValueError(f"a block has 1..{MAX_BLOCK_SEGMENTS} segments, not {nseg}")
+    if not 1 <= nseg <= MAX_SEGMENTS:
+        raise ValueError(f"a block has 1..{MAX_SEGMENTS} segments, not {nseg}")
     if buf.size < 4:
         raise FormatError(f"{what}: truncated header ({buf.size} of 4 bytes)")
     nbits = int(buf[:4].view("<u4")[0])
     lengths, used = unpack_lengths(buf[4:], what)
-    head = 4 + used + block_trailer(nseg)
+    head = 4 + used + segment_table_size(nseg)
     if buf.size < head:
         raise FormatError(f"{what}: segment table truncated")
     body = buf[head:]
@@ -1535,7 +1541,7 @@ def _decode_block_nb(buf, out, ahead, nseg):
     `ahead`: what the caller reads next, prefetched while decoding (see _make_packed_kernel).
     Packed kernels serve 4 and 6 segments, the generic one other counts (1..8)."""
     n = out.shape[0]
-    if nseg < 1 or nseg > MAX_BLOCK_SEGMENTS:
+    if nseg < 1 or nseg > MAX_SEGMENTS:
         return ERR_SEGMENTS
     lengths = np.zeros(256, np.uint8)
     seg_bits = np.empty(nseg + 1, np.int64)

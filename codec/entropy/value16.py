@@ -383,7 +383,8 @@ class Value16(Codec):
 
 def _exponent_cost(hist: np.ndarray, n: int, source, dtype: str):
     """(estimated frame bits, fitted codec) of `exponent` with k in 0..3 on this tensor."""
-    from .exponent import Exponent, stream_sizes, trailer_size, HEADER as EH
+    from . import huffman
+    from .exponent import Exponent, stream_sizes, HEADER as EH
 
     e = Exponent(candidates=[0, 1, 2, 3]).fit(source, dtype)
     k = e.mantissa_bits
@@ -392,5 +393,5 @@ def _exponent_cost(hist: np.ndarray, n: int, source, dtype: str):
     nbits = int((counts * e.lengths.astype(np.int64)).sum())
     nchunks = max(1, -(-2 * n // DEFAULT_CHUNK))
     E, R = stream_sizes(n, nbits, k)
-    bits = 8 * (E + R) + nchunks * 8 * (EH + trailer_size(e.segments) + 8) + 8 * len(json.dumps(e.get_config()))
+    bits = 8 * (E + R) + nchunks * 8 * (EH + huffman.segment_table_size(e.segments) + 8) + 8 * len(json.dumps(e.get_config()))
     return bits, e
