@@ -449,6 +449,38 @@ def test_decode_into_strided_output(dtype, n):
     assert np.array_equal(big[::2], b) and not big[1::2].any()
 
 
+@pytest.mark.parametrize("n", [0, 1, 1000, 1 << 14, (1 << 14) + 77, 100003])     # _NT_MIN = 1 << 14
+@pytest.mark.parametrize("rot", [0, 1, 7, 31])
+def test_merge4_matches_numpy_at_any_alignment(n, rot):
+    # large merges take the non-temporal vector path between a scalar head and tail: every output
+    # offset (relative to a cache line) must give the same bytes and touch nothing outside
+    from codec.transforms.bytegroup import _merge4
+
+    rng = np.random.default_rng(n + rot)
+    planes = [rng.integers(0, 256, n, dtype=np.uint8) for _ in range(4)]
+    w = sum(p.astype(np.uint32) << np.uint32(8 * k) for k, p in enumerate(planes)).astype(np.uint32)
+    if rot:
+        w = (w >> np.uint32(rot)) | (w << np.uint32(32 - rot))
+    for off in (0, 1, 4, 20, 60):
+        buf = np.full(4 * n + 128, 0xA5, np.uint8)
+        start = off + (-buf.ctypes.data) % 64      # off bytes past a 64-byte boundary
+        _merge4(*planes, rot, buf[start:start + 4 * n])
+        assert np.array_equal(buf[start:start + 4 * n], w.view(np.uint8))
+        assert (buf[:start] == 0xA5).all() and (buf[start + 4 * n:] == 0xA5).all()
+
+
+def test_f32_chunk_decodes_into_any_alignment():
+    b = sample("F32", 1 << 16, 4).view(np.uint8)
+    c = ByteGroup().fit(ArraySource(b), "F32")
+    e = c.encode(b)
+    for off in (0, 3, 4, 36):
+        buf = np.zeros(b.size + 128, np.uint8)
+        start = off + (-buf.ctypes.data) % 64
+        c.decode(e, buf[start:start + b.size])
+        assert np.array_equal(buf[start:start + b.size], b)
+        assert not buf[:start].any() and not buf[start + b.size:].any()
+
+
 def test_huge_chunks_do_not_stay_in_the_thread_scratch():
     from codec.transforms import bytegroup as bg
 
