@@ -298,7 +298,7 @@ def test_wide_decode_path(dtype, sign, method, segments):
     # plane straight into the output words; same bytes as the plane-by-plane path and the numpy
     # reference decoder, with a tail and at an odd address
     from codec.entropy.huffman import WIDE_BLOCK_MIN
-    from codec.transforms.bytegroup import _decode_chunk
+    from codec.transforms.bytegroup import chunk_decoder
 
     n = WIDE_BLOCK_MIN + 5
     v = _wide_sample(n, 3, sign)
@@ -322,7 +322,7 @@ def test_wide_decode_path(dtype, sign, method, segments):
     # the wide path leaves the plane buffers alone (the plane path decodes into them)
     planes = np.full((2, n), 0xA5, np.uint8)
     out[:] = 0
-    assert _decode_chunk(np.frombuffer(e, np.uint8), 2, c.rotate, planes, out, c.segments) == 0
+    assert chunk_decoder(c.segments)(np.frombuffer(e, np.uint8), 2, c.rotate, planes, out) == 0
     assert np.array_equal(out, b) and (planes == 0xA5).all()
 
 

@@ -408,53 +408,70 @@ def _merge_range(v16, buf, roff, R, k, i0, i1):
         v16[i] = np.uint16(((r >> sh) << 15) | (np.int64(v16[i]) & np.int64(smask)) | (r & np.int64(lmask)))
 
 
-@nb.njit(nogil=True, cache=True)
-def _decode_chunk(buf, n, nbits, E, R, k, nseg, v16, packed, lut_sym, lut_info, sorted_syms, first_code,
-                  first_index, len_count, max_len):
-    """Decode a chunk payload of nseg segments (sizes checked by the caller) into the uint16 values
-    v16; `packed` is packed_table(decoder, k), the other tables the decoder's uint16 ones; an empty
-    `packed` (small chunks, with the tables of a small decoder) or a segment count without a
-    packed kernel takes the generic kernel."""
-    seg_bits = np.empty(nseg + 1, np.int64)
-    seg_out = np.empty(nseg + 1, np.int64)
-    t = HEADER + E + R
-    for j in range(nseg + 1):
-        seg_out[j] = (j * n) // nseg
-    seg_bits[0] = 0
-    seg_bits[nseg] = nbits
-    for j in range(1, nseg):
-        q = t + 4 * (j - 1)
-        seg_bits[j] = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16) \
-            | (np.int64(buf[q + 3]) << 24)
-        if seg_bits[j] > nbits:
-            return huffman.ERR_SEGMENTS
-    src = buf[HEADER:HEADER + E]
-    if packed.shape[0] == 0 or (nseg != 4 and nseg != 6):
-        # a small chunk (generic kernel on a small table, see SMALL_CHUNK) or a segment count
-        # without a packed kernel
-        st = huffman._decode_segments(src, seg_bits, seg_out, v16, lut_sym, lut_info, sorted_syms,
-                                      first_code, first_index, len_count, max_len)
+def _make_chunk_decoder(nseg):
+    """The chunk decoder for nseg segments, (buf, n, nbits, E, R, k, v16, packed, lut_sym,
+    lut_info, sorted_syms, first_code, first_index, len_count, max_len) -> a status: decodes a
+    chunk payload (sizes checked by the caller) into the uint16 values v16; `packed` is
+    packed_table(decoder, k), the other tables the decoder's uint16 ones; an empty `packed`
+    (small chunks, with the tables of a small decoder) or a segment count without a packed
+    kernel takes the generic kernel. nseg is a closure constant, so only its count's packed
+    kernels compile (about 2 s each)."""
+    has_packed = nseg in (4, 6)
+
+    @nb.njit(nogil=True, cache=True)
+    def decode_chunk(buf, n, nbits, E, R, k, v16, packed, lut_sym, lut_info, sorted_syms, first_code,
+                     first_index, len_count, max_len):
+        seg_bits = np.empty(nseg + 1, np.int64)
+        seg_out = np.empty(nseg + 1, np.int64)
+        t = HEADER + E + R
+        for j in range(nseg + 1):
+            seg_out[j] = (j * n) // nseg
+        seg_bits[0] = 0
+        seg_bits[nseg] = nbits
+        for j in range(1, nseg):
+            q = t + 4 * (j - 1)
+            seg_bits[j] = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16) \
+                | (np.int64(buf[q + 3]) << 24)
+            if seg_bits[j] > nbits:
+                return huffman.ERR_SEGMENTS
+        src = buf[HEADER:HEADER + E]
+        if not has_packed or packed.shape[0] == 0:
+            # a small chunk (generic kernel on a small table, see SMALL_CHUNK) or a segment count
+            # without a packed kernel
+            st = huffman._decode_segments(src, seg_bits, seg_out, v16, lut_sym, lut_info, sorted_syms,
+                                          first_code, first_index, len_count, max_len)
+            if st == huffman.OK:
+                huffman._shift_range(v16, 0, n, 7 - k)
+                _merge_range(v16, buf, HEADER + E, R, k, 0, n)
+            return st
+        rem = buf[HEADER + E:HEADER + E + R]    # the merge's input: prefetched during the Huffman pass
+        # the packed entries' bits 4-5 are free for k <= 1
+        if nseg == 6 and k <= 1:      # (nseg branches are pruned at compile time)
+            st = huffman._decode_packed16_u63_r6(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
+                                                 first_code, first_index, len_count, max_len)
+        elif nseg == 6:
+            st = huffman._decode_packed16_u15_r6(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
+                                                 first_code, first_index, len_count, max_len)
+        elif k <= 1:
+            st = huffman._decode_packed16_u63(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
+                                              first_code, first_index, len_count, max_len)
+        else:
+            st = huffman._decode_packed16_u15(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
+                                              first_code, first_index, len_count, max_len)
         if st == huffman.OK:
-            huffman._shift_range(v16, 0, n, 7 - k)
             _merge_range(v16, buf, HEADER + E, R, k, 0, n)
         return st
-    rem = buf[HEADER + E:HEADER + E + R]    # the merge's input: prefetched during the Huffman pass
-    # the packed entries' bits 4-5 are free for k <= 1
-    if nseg == 6 and k <= 1:
-        st = huffman._decode_packed16_u63_r6(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
-                                             first_code, first_index, len_count, max_len)
-    elif nseg == 6:
-        st = huffman._decode_packed16_u15_r6(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
-                                             first_code, first_index, len_count, max_len)
-    elif k <= 1:
-        st = huffman._decode_packed16_u63(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
-                                          first_code, first_index, len_count, max_len)
-    else:
-        st = huffman._decode_packed16_u15(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
-                                          first_code, first_index, len_count, max_len)
-    if st == huffman.OK:
-        _merge_range(v16, buf, HEADER + E, R, k, 0, n)
-    return st
+    return decode_chunk
+
+
+_CHUNK_DECODERS: dict = {}
+
+
+def _chunk_decoder(nseg: int):
+    dec = _CHUNK_DECODERS.get(nseg)
+    if dec is None:
+        dec = _CHUNK_DECODERS[nseg] = _make_chunk_decoder(nseg)
+    return dec
 
 
 @nb.njit(nogil=True, cache=True)
@@ -673,7 +690,7 @@ class Exponent(Codec):
                     + dec.tables(np.empty(0, np.uint16))
         flags = out.flags
         v16 = out.view("<u2") if flags.c_contiguous and flags.aligned else np.empty(n, np.uint16)
-        st = _decode_chunk(buf, n, nbits, E, R, self.mantissa_bits, self.segments, v16, *args)
+        st = _chunk_decoder(self.segments)(buf, n, nbits, E, R, self.mantissa_bits, v16, *args)
         if st != huffman.OK:
             raise FormatError(f"{what} exponent stream is corrupt: {huffman._STATUS_TEXT.get(st, st)}")
         if v16.base is None:

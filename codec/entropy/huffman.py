@@ -1535,86 +1535,100 @@ def _block_header(buf, n, lengths, seg_bits, seg_out):
     return BLK_OK, head
 
 
-@nb.njit(nogil=True, cache=True)
-def _decode_block_nb(buf, out, ahead, nseg):
-    """decode_block in one call: returns a status (BLK_OK, BLK_ERR_*, or a _decode_segments one).
-    `ahead`: what the caller reads next, prefetched while decoding (see _make_packed_kernel).
-    Packed kernels serve 4 and 6 segments, the generic one other counts (1..8)."""
-    n = out.shape[0]
-    if nseg < 1 or nseg > MAX_SEGMENTS:
-        return ERR_SEGMENTS
-    lengths = np.zeros(256, np.uint8)
-    seg_bits = np.empty(nseg + 1, np.int64)
-    seg_out = np.empty(nseg + 1, np.int64)
-    st, head = _block_header(buf, n, lengths, seg_bits, seg_out)
-    if st != BLK_OK or n == 0:
-        return st
-    lut_bits = _block_lut_bits(n)
-    sorted_syms = np.zeros(256, np.int64)
-    first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    if lut_bits < 10 or (nseg != 4 and nseg != 6):
-        lut_sym = np.empty(1 << lut_bits, np.uint64)
-        lut_sym8 = np.empty(1 << lut_bits, np.uint64)
-        lut_info = np.empty(1 << lut_bits, np.uint16)
-        _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
-                       first_index, len_count)
-        return _decode_segments(buf[head:], seg_bits, seg_out, out, lut_sym8, lut_info, sorted_syms,
-                                first_code, first_index, len_count, BLOCK_MAX_LEN)
-    _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
-    packed = np.empty(1 << lut_bits, np.uint64)
-    _build_packed_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed, False, 0)
-    src = buf[head:]
-    if nseg == 6:
+def _make_block_decoder(nseg):
+    """decode_block of nseg segments in one compiled call, (buf, out, ahead) -> a status (BLK_OK,
+    BLK_ERR_*, or a _decode_segments one). `ahead`: what the caller reads next, prefetched while
+    decoding (see _make_packed_kernel). Packed kernels serve 4 and 6 segments, the generic one
+    other counts (1..8). nseg is a closure constant, so numba prunes the other count's branches
+    and compiles only this count's kernels (each packed kernel takes about 2 s to compile)."""
+    @nb.njit(nogil=True, cache=True)
+    def decode_block_nb(buf, out, ahead):
+        n = out.shape[0]
+        lengths = np.zeros(256, np.uint8)
+        seg_bits = np.empty(nseg + 1, np.int64)
+        seg_out = np.empty(nseg + 1, np.int64)
+        st, head = _block_header(buf, n, lengths, seg_bits, seg_out)
+        if st != BLK_OK or n == 0:
+            return st
+        lut_bits = _block_lut_bits(n)
+        sorted_syms = np.zeros(256, np.int64)
+        first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
+        first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
+        len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
+        if lut_bits < 10 or (nseg != 4 and nseg != 6):
+            lut_sym = np.empty(1 << lut_bits, np.uint64)
+            lut_sym8 = np.empty(1 << lut_bits, np.uint64)
+            lut_info = np.empty(1 << lut_bits, np.uint16)
+            _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
+                           first_index, len_count)
+            return _decode_segments(buf[head:], seg_bits, seg_out, out, lut_sym8, lut_info, sorted_syms,
+                                    first_code, first_index, len_count, BLOCK_MAX_LEN)
+        _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
+        packed = np.empty(1 << lut_bits, np.uint64)
+        _build_packed_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed, False, 0)
+        src = buf[head:]
+        if nseg == 6:
+            if lut_bits == 12:
+                return _decode_packed8_12_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                             first_code, first_index, len_count, BLOCK_MAX_LEN)
+            if lut_bits == 11:
+                return _decode_packed8_11_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                             first_code, first_index, len_count, BLOCK_MAX_LEN)
+            return _decode_packed8_10_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                         first_code, first_index, len_count, BLOCK_MAX_LEN)
         if lut_bits == 12:
-            return _decode_packed8_12_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                         first_code, first_index, len_count, BLOCK_MAX_LEN)
+            return _decode_packed8_12(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                      first_code, first_index, len_count, BLOCK_MAX_LEN)
         if lut_bits == 11:
-            return _decode_packed8_11_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                         first_code, first_index, len_count, BLOCK_MAX_LEN)
-        return _decode_packed8_10_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                     first_code, first_index, len_count, BLOCK_MAX_LEN)
-    if lut_bits == 12:
-        return _decode_packed8_12(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+            return _decode_packed8_11(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                      first_code, first_index, len_count, BLOCK_MAX_LEN)
+        return _decode_packed8_10(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                   first_code, first_index, len_count, BLOCK_MAX_LEN)
-    if lut_bits == 11:
-        return _decode_packed8_11(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                  first_code, first_index, len_count, BLOCK_MAX_LEN)
-    return _decode_packed8_10(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                              first_code, first_index, len_count, BLOCK_MAX_LEN)
+    return decode_block_nb
 
 
 # Blocks of at least this many symbols (those that get LUT_BITS-bit tables) may be decoded into
-# 16-bit words (_decode_block_wide).
+# 16-bit words (WIDE_BLOCK_DECODERS).
 WIDE_BLOCK_MIN = 1 << 17
 
 
-@nb.njit(nogil=True, cache=True)
-def _decode_block_wide(buf, out16, shift, ahead, nseg):
-    """decode_block into uint16 words: out16[i] = symbol i << shift plus garbage in the low `shift`
-    (>= 6) bits, as the exponent kernels leave them, for a caller that ORs in the other bits; a
+def _make_wide_block_decoder(nseg):
+    """decode_block of nseg (4 or 6) segments into uint16 words, (buf, out16, shift, ahead) -> a
+    status, as the block decoder's: out16[i] = symbol i << shift plus garbage in the low `shift`
+    (6..8) bits, as the exponent kernels leave them, for a caller that ORs in the other bits; a
     block of at least WIDE_BLOCK_MIN symbols. The lanes' stores then fill the output words during
-    the compute-bound decode, instead of a later pass writing cold memory. A status, as
-    _decode_block_nb's. Blocks of 4 or 6 segments."""
-    n = out16.shape[0]
-    if n < WIDE_BLOCK_MIN or shift < 6 or shift > 8 or (nseg != 4 and nseg != 6):
-        return ERR_SEGMENTS
-    lengths = np.zeros(256, np.uint8)
-    seg_bits = np.empty(nseg + 1, np.int64)
-    seg_out = np.empty(nseg + 1, np.int64)
-    st, head = _block_header(buf, n, lengths, seg_bits, seg_out)
-    if st != BLK_OK:
-        return st
-    sorted_syms = np.zeros(256, np.int64)
-    first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
-    _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
-    packed = np.empty(1 << LUT_BITS, np.uint64)
-    _build_packed_ranges(lengths, LUT_BITS, first_code, first_index, len_count, sorted_syms, packed, True, shift)
-    if nseg == 6:
-        return _decode_packed16_u63_r6(buf[head:], seg_bits, seg_out, out16, packed, shift, ahead,
-                                       sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
-    return _decode_packed16_u63(buf[head:], seg_bits, seg_out, out16, packed, shift, ahead, sorted_syms,
-                                first_code, first_index, len_count, BLOCK_MAX_LEN)
+    the compute-bound decode, instead of a later pass writing cold memory."""
+    @nb.njit(nogil=True, cache=True)
+    def decode_block_wide(buf, out16, shift, ahead):
+        n = out16.shape[0]
+        if n < WIDE_BLOCK_MIN or shift < 6 or shift > 8 or (nseg != 4 and nseg != 6):
+            return ERR_SEGMENTS
+        lengths = np.zeros(256, np.uint8)
+        seg_bits = np.empty(nseg + 1, np.int64)
+        seg_out = np.empty(nseg + 1, np.int64)
+        st, head = _block_header(buf, n, lengths, seg_bits, seg_out)
+        if st != BLK_OK:
+            return st
+        sorted_syms = np.zeros(256, np.int64)
+        first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
+        first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
+        len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
+        _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
+        packed = np.empty(1 << LUT_BITS, np.uint64)
+        _build_packed_ranges(lengths, LUT_BITS, first_code, first_index, len_count, sorted_syms, packed, True,
+                             shift)
+        if nseg == 6:
+            return _decode_packed16_u63_r6(buf[head:], seg_bits, seg_out, out16, packed, shift, ahead,
+                                           sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
+        return _decode_packed16_u63(buf[head:], seg_bits, seg_out, out16, packed, shift, ahead, sorted_syms,
+                                    first_code, first_index, len_count, BLOCK_MAX_LEN)
+    return decode_block_wide
+
+
+# One compiled decoder per segment count, indexed by the count (None: no such decoder), compiled
+# when first called. Compiled callers index these with a constant count: a closure that captured
+# the decoder itself would miss numba's cache in every new process (a dispatcher does not pickle
+# to the same bytes twice), an integer does not.
+BLOCK_DECODERS = (None,) + tuple(_make_block_decoder(k) for k in range(1, MAX_SEGMENTS + 1))
+WIDE_BLOCK_DECODERS = tuple(_make_wide_block_decoder(k) if k in (LEGACY_SEGMENTS, DEFAULT_SEGMENTS) else None
+                            for k in range(MAX_SEGMENTS + 1))

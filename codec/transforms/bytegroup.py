@@ -486,97 +486,113 @@ _LAYOUT_TEXT = {_ERR_SHORT: "payload shorter than its plane table", _ERR_METHOD:
                 _ERR_TOPMAP: "a huffman7 plane is shorter than its top-bit map"}
 
 
-@nb.njit(nogil=True, cache=True)
-def _decode_chunk(buf, s, rot, planes, out, nseg):
-    """Decode a chunk without zstd planes (Huffman blocks of nseg segments) in one call: 0,
-    _NEEDS_ZSTD (nothing written), or an error code (_ERR_*)."""
-    size = buf.shape[0]
-    n = planes.shape[1]
-    t = out.shape[0] - n * s
-    if size < 5 * s:
-        return _ERR_SHORT
-    offs = np.empty(s, np.int64)     # each plane's body: offset in buf and length
-    lens = np.empty(s, np.int64)
-    off = 5 * s
-    zstd = False
-    for p in range(s):
-        m = buf[5 * p]
-        ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
-            | (np.int64(buf[5 * p + 4]) << 24)
-        if m > HUFFMAN7:
-            return _ERR_METHOD
-        if m == RAW and ln != n:
-            return _ERR_RAWLEN
-        if off + ln > size:
-            return _ERR_PAST
-        if m == HUFFMAN7 and ln < (n + 7) // 8:
-            return _ERR_TOPMAP
-        if m == ZSTD:
-            zstd = True
-        offs[p] = off
-        lens[p] = ln
-        off += ln
-    if off + t != size:
-        return _ERR_TOTAL
-    if zstd:
-        return _NEEDS_ZSTD
-    if s == 2 and n >= huffman.WIDE_BLOCK_MIN and buf[0] == RAW and (buf[5] == HUFFMAN or buf[5] == HUFFMAN7) \
-            and (nseg == 4 or nseg == 6):
-        # F16's usual chunk (a raw low byte, a coded high one): the high plane decodes straight
-        # into the output words, whose cache lines the compute-bound decode then pulls in (a
-        # later merge writing them cold cost 10 % of the chunk); the raw plane is prefetched
-        nb8 = (n + 7) // 8 if buf[5] == HUFFMAN7 else 0
-        low = buf[offs[0]:offs[0] + n]
-        out16 = out[:2 * n].view(np.uint16)
-        st = huffman._decode_block_wide(buf[offs[1] + nb8:offs[1] + lens[1]], out16, 8, low, nseg)
-        if st != 0:
-            return _ERR_PLANE + 100 + st
-        _merge_wide(out16, low, buf[offs[1]:offs[1] + nb8], rot)
-        for i in range(t):
-            out[2 * n + i] = buf[size - t + i]
-        return 0
-    # Huffman planes decode into `planes`; raw planes are read in place by the merge, so while a
-    # plane decodes (compute-bound) the raw planes are prefetched: all of them during the first
-    # Huffman plane (in practice the only one)
-    src = np.empty(s, np.int64)      # per plane: -1 = planes[p], else its offset in buf
-    raw_lo = size
-    raw_hi = 0
-    for p in range(s):
-        if buf[5 * p] == RAW:
-            src[p] = offs[p]
-            raw_lo = min(raw_lo, offs[p])
-            raw_hi = max(raw_hi, offs[p] + lens[p])
-        else:
-            src[p] = -1
-    for p in range(s):
-        if src[p] < 0:
-            off = offs[p]
-            nb8 = (n + 7) // 8 if buf[5 * p] == HUFFMAN7 else 0     # method 3: top bits first
-            body = buf[off + nb8:off + lens[p]]
-            st = huffman._decode_block_nb(body, planes[p], buf[raw_lo:raw_hi] if raw_lo < raw_hi else body, nseg)
-            raw_hi = raw_lo
-            if st != 0:
-                return _ERR_PLANE + 100 * p + st
-            if nb8:
-                _or_top_bits(planes[p], buf[off:off + nb8])
-    if s == 4:
-        _merge4(planes[0] if src[0] < 0 else buf[src[0]:src[0] + n],
-                planes[1] if src[1] < 0 else buf[src[1]:src[1] + n],
-                planes[2] if src[2] < 0 else buf[src[2]:src[2] + n],
-                planes[3] if src[3] < 0 else buf[src[3]:src[3] + n], rot, out)
-    elif s == 2:
-        _merge2(planes[0] if src[0] < 0 else buf[src[0]:src[0] + n],
-                planes[1] if src[1] < 0 else buf[src[1]:src[1] + n], rot, out)
-    else:
+def _make_chunk_decoder(nseg):
+    """The chunk decoder for Huffman blocks of nseg segments: (buf, s, rot, planes, out) -> 0,
+    _NEEDS_ZSTD (nothing written), or an error code (_ERR_*); a chunk without zstd planes decodes
+    in one call. nseg is a closure constant, so only its count's block kernels compile."""
+    has_wide = huffman.WIDE_BLOCK_DECODERS[nseg] is not None
+
+    @nb.njit(nogil=True, cache=True)
+    def decode_chunk(buf, s, rot, planes, out):
+        size = buf.shape[0]
+        n = planes.shape[1]
+        t = out.shape[0] - n * s
+        if size < 5 * s:
+            return _ERR_SHORT
+        offs = np.empty(s, np.int64)     # each plane's body: offset in buf and length
+        lens = np.empty(s, np.int64)
+        off = 5 * s
+        zstd = False
         for p in range(s):
-            if src[p] >= 0:
-                row = planes[p]
-                for i in range(n):
-                    row[i] = buf[src[p] + i]
-        _merge(planes, s, rot, out)
-    for i in range(t):
-        out[n * s + i] = buf[size - t + i]
-    return 0
+            m = buf[5 * p]
+            ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
+                | (np.int64(buf[5 * p + 4]) << 24)
+            if m > HUFFMAN7:
+                return _ERR_METHOD
+            if m == RAW and ln != n:
+                return _ERR_RAWLEN
+            if off + ln > size:
+                return _ERR_PAST
+            if m == HUFFMAN7 and ln < (n + 7) // 8:
+                return _ERR_TOPMAP
+            if m == ZSTD:
+                zstd = True
+            offs[p] = off
+            lens[p] = ln
+            off += ln
+        if off + t != size:
+            return _ERR_TOTAL
+        if zstd:
+            return _NEEDS_ZSTD
+        if has_wide and s == 2 and n >= huffman.WIDE_BLOCK_MIN and buf[0] == RAW \
+                and (buf[5] == HUFFMAN or buf[5] == HUFFMAN7):
+            # F16's usual chunk (a raw low byte, a coded high one): the high plane decodes straight
+            # into the output words, whose cache lines the compute-bound decode then pulls in (a
+            # later merge writing them cold cost 10 % of the chunk); the raw plane is prefetched
+            nb8 = (n + 7) // 8 if buf[5] == HUFFMAN7 else 0
+            low = buf[offs[0]:offs[0] + n]
+            out16 = out[:2 * n].view(np.uint16)
+            st = huffman.WIDE_BLOCK_DECODERS[nseg](buf[offs[1] + nb8:offs[1] + lens[1]], out16, 8, low)
+            if st != 0:
+                return _ERR_PLANE + 100 + st
+            _merge_wide(out16, low, buf[offs[1]:offs[1] + nb8], rot)
+            for i in range(t):
+                out[2 * n + i] = buf[size - t + i]
+            return 0
+        # Huffman planes decode into `planes`; raw planes are read in place by the merge, so while a
+        # plane decodes (compute-bound) the raw planes are prefetched: all of them during the first
+        # Huffman plane (in practice the only one)
+        src = np.empty(s, np.int64)      # per plane: -1 = planes[p], else its offset in buf
+        raw_lo = size
+        raw_hi = 0
+        for p in range(s):
+            if buf[5 * p] == RAW:
+                src[p] = offs[p]
+                raw_lo = min(raw_lo, offs[p])
+                raw_hi = max(raw_hi, offs[p] + lens[p])
+            else:
+                src[p] = -1
+        for p in range(s):
+            if src[p] < 0:
+                off = offs[p]
+                nb8 = (n + 7) // 8 if buf[5 * p] == HUFFMAN7 else 0     # method 3: top bits first
+                body = buf[off + nb8:off + lens[p]]
+                st = huffman.BLOCK_DECODERS[nseg](body, planes[p], buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
+                raw_hi = raw_lo
+                if st != 0:
+                    return _ERR_PLANE + 100 * p + st
+                if nb8:
+                    _or_top_bits(planes[p], buf[off:off + nb8])
+        if s == 4:
+            _merge4(planes[0] if src[0] < 0 else buf[src[0]:src[0] + n],
+                    planes[1] if src[1] < 0 else buf[src[1]:src[1] + n],
+                    planes[2] if src[2] < 0 else buf[src[2]:src[2] + n],
+                    planes[3] if src[3] < 0 else buf[src[3]:src[3] + n], rot, out)
+        elif s == 2:
+            _merge2(planes[0] if src[0] < 0 else buf[src[0]:src[0] + n],
+                    planes[1] if src[1] < 0 else buf[src[1]:src[1] + n], rot, out)
+        else:
+            for p in range(s):
+                if src[p] >= 0:
+                    row = planes[p]
+                    for i in range(n):
+                        row[i] = buf[src[p] + i]
+            _merge(planes, s, rot, out)
+        for i in range(t):
+            out[n * s + i] = buf[size - t + i]
+        return 0
+    return decode_chunk
+
+
+_CHUNK_DECODERS: dict = {}
+
+
+def chunk_decoder(nseg: int):
+    """The compiled chunk decoder for blocks of nseg (1..8) segments."""
+    dec = _CHUNK_DECODERS.get(nseg)
+    if dec is None:
+        dec = _CHUNK_DECODERS[nseg] = _make_chunk_decoder(nseg)
+    return dec
 
 
 def _default_rotate(dtype: str) -> int:
@@ -711,7 +727,7 @@ class ByteGroup(Codec):
         s = self.itemsize
         n = out.size // s
         planes = _SCRATCH.get(s, n)[0]      # per thread (new memory per chunk costs page faults)
-        st = _decode_chunk(buf, s, self.rotate, planes, out, self.segments)
+        st = chunk_decoder(self.segments)(buf, s, self.rotate, planes, out)
         if st == _NEEDS_ZSTD:
             return self._decode_py(buf, planes, out, what)
         if st != 0:
