@@ -1032,9 +1032,10 @@ def _make_packed_tail(itemsize, lut_bits):
 
 
 def _packed_kernel_source(readers: int) -> str:
-    """Source of `_packed_factory_r<readers>(itemsize, umask, lut_bits, seg_finish)`, which returns
-    the njit kernel `decode_packed` (below) for that many segments decoded interleaved. Generated
-    because each reader's state must be named variables, kept in registers, not arrays."""
+    """Source of `_packed_factory_r<readers>(itemsize, umask, lut_bits)`, which returns the njit
+    kernel `decode_packed` (below) for that many segments decoded interleaved; it calls the global
+    `seg_finish` of the namespace it is executed in. Generated because each reader's state must be
+    named variables, kept in registers, not arrays."""
     R = range(readers)
 
     def each(fmt, indent):
@@ -1068,7 +1069,7 @@ def _packed_kernel_source(readers: int) -> str:
                             first_code, first_index, len_count, max_len)
 """ for j in R).replace("        \n            st =", "        st =")
     return f"""\
-def _packed_factory_r{readers}(itemsize, umask, lut_bits, seg_finish):
+def _packed_factory_r{readers}(itemsize, umask, lut_bits):
     @nb.njit(nogil=True, cache=True)
     def decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, sorted_syms, first_code,
                       first_index, len_count, max_len):
@@ -1137,9 +1138,6 @@ def _packed_factory_r{readers}(itemsize, umask, lut_bits, seg_finish):
 """
 
 
-_packed_factories: dict = {}
-
-
 def _make_packed_kernel(itemsize, umask, lut_bits, readers=4):
     """The packed-table decoder of `readers` segments (seg_bits / seg_out of readers + 1 entries),
     interleaved, into outputs of `itemsize` bytes (1: uint8, 2: uint16) from packed tables (above)
@@ -1163,16 +1161,16 @@ def _make_packed_kernel(itemsize, umask, lut_bits, readers=4):
     than the table leaves them for one canonical step; then each segment finishes alone
     (_make_packed_tail) and must end exactly at its end bit.
 
-    The source is generated per reader count (one factory each: numba's cache keys a function by
-    its qualified name and closure values, so counts must not share a name). 4 readers are
-    latency-bound on x86 (each lookup waits for the last one's shift); 6 run 14 % faster on MiniLM's
-    BF16 exponents, 8 spill registers and lose all of that (/tmp script, best of 20)."""
-    factory = _packed_factories.get(readers)
-    if factory is None:
-        ns = dict(globals())
-        exec(compile(_packed_kernel_source(readers), __file__, "exec"), ns)   # noqa: S102 (our own text)
-        factory = _packed_factories[readers] = ns[f"_packed_factory_r{readers}"]
-    return factory(itemsize, umask, lut_bits, _make_packed_tail(itemsize, lut_bits))
+    The source is generated per reader count, and executed once per kernel, in a namespace whose
+    `seg_finish` is that kernel's tail: numba's cache keys a kernel by its code and the values it
+    closes over, so a closure over the tail (a dispatcher, which never pickles to the same bytes
+    twice) missed the cache in every process. 4 readers are latency-bound on x86 (each lookup
+    waits for the last one's shift); 6 run 14 % faster on MiniLM's BF16 exponents, 8 spill
+    registers and lose all of that (/tmp script, best of 20)."""
+    ns = dict(globals())
+    ns["seg_finish"] = _make_packed_tail(itemsize, lut_bits)
+    exec(compile(_packed_kernel_source(readers), __file__, "exec"), ns)   # noqa: S102 (our own text)
+    return ns[f"_packed_factory_r{readers}"](itemsize, umask, lut_bits)
 
 
 _decode_packed16_u63 = _make_packed_kernel(2, 63, LUT_BITS)   # exponent codes, shift >= 6
