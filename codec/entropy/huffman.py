@@ -65,6 +65,34 @@ _STATUS_TEXT = {
 # code construction
 # ---------------------------------------------------------------------------------------------
 @nb.njit(nogil=True, cache=True)
+def _stable_order(keys):
+    """Indices that sort keys ascending, ties in index order (as np.argsort(kind="mergesort")): a
+    bottom-up merge sort written out, since numba's argsort implementations took about 4 s of a
+    first run's compiling."""
+    n = keys.shape[0]
+    a = np.empty(n, np.int64)
+    b = np.empty(n, np.int64)
+    for i in range(n):
+        a[i] = i
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j = lo, mid
+            for k in range(lo, hi):
+                if i < mid and (j >= hi or keys[a[i]] <= keys[a[j]]):
+                    b[k] = a[i]
+                    i += 1
+                else:
+                    b[k] = a[j]
+                    j += 1
+        a, b = b, a
+        width *= 2
+    return a
+
+
+@nb.njit(nogil=True, cache=True)
 def _huffman_lengths(counts):
     """Unlimited Huffman code lengths; deterministic (two-queue method, stable order)."""
     n = counts.shape[0]
@@ -84,21 +112,11 @@ def _huffman_lengths(counts):
     if used == 1:
         lengths[syms[0]] = 1
         return lengths
-    # stable sort by count (argsort kind='mergesort' is stable; syms already ascending)
+    # stable sort by count (syms are ascending, so ties keep symbol order)
     cnt = np.empty(used, np.int64)
     for i in range(used):
         cnt[i] = counts[syms[i]]
-    # unique keys (count, position) sort the same with any algorithm; numba's mergesort is slow
-    sh = 1
-    while (1 << sh) < used:
-        sh += 1
-    if cnt.max() < (np.int64(1) << (62 - sh)):
-        key = np.empty(used, np.int64)
-        for i in range(used):
-            key[i] = (cnt[i] << sh) | i
-        order = np.argsort(key)
-    else:
-        order = np.argsort(cnt, kind="mergesort")
+    order = _stable_order(cnt)
     leaf_w = np.empty(used, np.int64)
     leaf_s = np.empty(used, np.int64)
     for i in range(used):
@@ -106,7 +124,8 @@ def _huffman_lengths(counts):
         leaf_s[i] = syms[order[i]]
     # nodes: 0..used-1 leaves, used.. internal
     total = 2 * used - 1
-    parent = np.full(total, -1, np.int64)
+    parent = np.empty(total, np.int64)
+    parent[total - 1] = -1      # the root; every other node gets its parent below
     node_w = np.empty(used - 1, np.int64)
     li = 0
     ni = 0   # next internal node to consume
@@ -162,7 +181,7 @@ def _limit_lengths(counts, lengths, max_len):
             syms[j] = i
             c[j] = counts[i]
             j += 1
-    order = np.argsort(c, kind="mergesort")
+    order = _stable_order(c)
     while kraft > one:
         # lengthen the longest code shorter than max_len (rarest first among those)
         best = -1

@@ -365,7 +365,9 @@ def _write(planes, methods, lens, counts, low7, lengths, tail, out, nseg):
             if huffman._write_block(row, low7[p], lengths[p, 1], out, off + nb8, nseg) != end:
                 return -1 - p
         elif m == RAW:
-            out[off:end] = planes[p]
+            row = planes[p]
+            for i in range(n):      # (a slice assignment compiled numba's shape-error path: 2.5 s)
+                out[off + i] = row[i]
         off = end
     for i in range(tail.shape[0]):
         out[off + i] = tail[i]
