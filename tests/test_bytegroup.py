@@ -322,7 +322,7 @@ def test_wide_decode_path(dtype, sign, method, segments):
     # the wide path leaves the plane buffers alone (the plane path decodes into them)
     planes = np.full((2, n), 0xA5, np.uint8)
     out[:] = 0
-    assert chunk_decoder(c.segments)(np.frombuffer(e, np.uint8), 2, c.rotate, planes, out) == 0
+    assert chunk_decoder(c.segments, 2, n)(np.frombuffer(e, np.uint8), 2, c.rotate, planes, out) == 0
     assert np.array_equal(out, b) and (planes == 0xA5).all()
 
 

@@ -294,3 +294,23 @@ def test_value_without_a_code_is_named(k, at):
     first = min(pos, y.size - 1 if at != -1 else 0)
     with pytest.raises(ValueError, match=f"value {first} of the chunk"):
         c.encode_buffer(y.view(np.uint8))
+
+
+def test_chunk_decoder_of_another_kind_refuses():
+    # chunk decoders are compiled per kind (segments, small table or packed, k <= 1): one picked
+    # for another kind returns an error instead of decoding with the wrong table layout
+    from codec.entropy import exponent as ex
+    from codec.entropy.huffman import ERR_SEGMENTS, OK
+
+    v = weights(ex.SMALL_CHUNK + 100, 4)
+    b = v.view(np.uint8)
+    c = Exponent(mantissa_bits=1).fit(ArraySource(b), "BF16")
+    e = np.frombuffer(c.encode(b), np.uint8)
+    out = np.empty_like(b)
+    c.decode(e, out)
+    n, nbits, E, R = c._parse(e, v.size, "t")
+    v16 = np.empty(n, np.uint16)
+    args = (e, n, nbits, E, R, 1, v16) + c._decode_args
+    assert ex._chunk_decoder(c.segments, False, 1)(*args) == OK and np.array_equal(v16, v)
+    assert ex._chunk_decoder(c.segments, True, 1)(*args) == ERR_SEGMENTS
+    assert ex._chunk_decoder(c.segments, False, 2)(*args) == ERR_SEGMENTS

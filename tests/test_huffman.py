@@ -93,7 +93,7 @@ def test_block_roundtrip_and_reference(nseg):
         H.decode_block(np.frombuffer(blk, np.uint8), out, nseg=nseg)
         assert np.array_equal(out, data)
         out[:] = 0
-        assert H.BLOCK_DECODERS[nseg](np.frombuffer(blk, np.uint8), out, np.empty(0, np.uint8)) == H.BLK_OK
+        assert H.block_decoder(nseg, out.size)(np.frombuffer(blk, np.uint8), out, np.empty(0, np.uint8)) == H.BLK_OK
         assert np.array_equal(out, data)
         if data.size:
             assert np.array_equal(ref.huffman_block_decode(blk, data.size, nseg), data)
@@ -185,11 +185,11 @@ def test_block_segment_table_corruption():
         out = np.empty(data.size, np.uint8)
         with pytest.raises(FormatError):
             H.decode_block(np.frombuffer(bytes(bad), np.uint8), out)
-        assert H.BLOCK_DECODERS[4](np.frombuffer(bytes(bad), np.uint8), out, np.empty(0, np.uint8)) != H.BLK_OK
+        assert H.block_decoder(4, out.size)(np.frombuffer(bytes(bad), np.uint8), out, np.empty(0, np.uint8)) != H.BLK_OK
         with pytest.raises(FormatError):
             ref.huffman_block_decode(bytes(bad), data.size)
     out = np.empty(data.size, np.uint8)
-    assert H.BLOCK_DECODERS[4](np.frombuffer(bytes(blk), np.uint8), out, np.empty(0, np.uint8)) == H.BLK_OK
+    assert H.block_decoder(4, out.size)(np.frombuffer(bytes(blk), np.uint8), out, np.empty(0, np.uint8)) == H.BLK_OK
     assert np.array_equal(out, data)
 
 
@@ -203,7 +203,7 @@ def test_block_packed_kernel_long_codes_and_corruption(n, nseg):
     blk = np.frombuffer(H.encode_block(data, nseg=nseg), np.uint8)
     assert H.unpack_lengths(blk[4:], "t")[0].max() > 12
     out = np.empty(n, np.uint8)
-    assert H.BLOCK_DECODERS[nseg](blk, out, blk) == H.BLK_OK
+    assert H.block_decoder(nseg, out.size)(blk, out, blk) == H.BLK_OK
     assert np.array_equal(out, data)
     assert np.array_equal(H.decode_block(blk, np.empty(n, np.uint8), nseg=nseg), data)
     for _ in range(30):     # corrupt bitstreams: an error status or some output, never a crash
@@ -211,7 +211,7 @@ def test_block_packed_kernel_long_codes_and_corruption(n, nseg):
         for _ in range(int(rng.integers(1, 6))):
             i = int(rng.integers(4, bad.size))
             bad[i] ^= np.uint8(1 << int(rng.integers(0, 8)))
-        H.BLOCK_DECODERS[nseg](bad, out, bad)
+        H.block_decoder(nseg, out.size)(bad, out, bad)
 
 
 @pytest.mark.parametrize("nseg", [4, 6])
@@ -228,7 +228,7 @@ def test_block_uneven_segments_finish_alone(nseg):
     lengths = H.unpack_lengths(blk[4:], "t")[0]
     assert lengths[0] <= 3 and lengths.max() > 12     # 4 codes of symbol 0 fit one 12-bit lookup
     out = np.empty(n, np.uint8)
-    assert H.BLOCK_DECODERS[nseg](blk, out, blk) == H.BLK_OK
+    assert H.block_decoder(nseg, out.size)(blk, out, blk) == H.BLK_OK
     assert np.array_equal(out, data)
     assert np.array_equal(np.frombuffer(ref.huffman_block_decode(blk.tobytes(), n, nseg), np.uint8), data)
 
@@ -280,3 +280,14 @@ def test_code_lengths_same_for_scaled_counts():
             small = H.code_lengths(c, 15 if n_sym <= 256 else 24)
             big = H.code_lengths(c << 40, 15 if n_sym <= 256 else 24)
             assert np.array_equal(small, big)
+
+
+def test_block_decoder_of_another_size_refuses():
+    # decoders are compiled per table size (from the symbol count): one picked for another count
+    # returns an error instead of decoding with the wrong table
+    data = np.random.default_rng(3).integers(0, 30, 10000).astype(np.uint8)      # 10-bit tables
+    blk = np.frombuffer(H.encode_block(data, nseg=6), np.uint8)
+    out = np.empty(data.size, np.uint8)
+    assert H.block_decoder(6, out.size) is H.BLOCK_DECODERS[6][10]
+    assert H.BLOCK_DECODERS[6][12](blk, out, blk) == H.ERR_SEGMENTS
+    assert H.block_decoder(6, out.size)(blk, out, blk) == H.BLK_OK and np.array_equal(out, data)

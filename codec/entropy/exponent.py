@@ -408,15 +408,16 @@ def _merge_range(v16, buf, roff, R, k, i0, i1):
         v16[i] = np.uint16(((r >> sh) << 15) | (np.int64(v16[i]) & np.int64(smask)) | (r & np.int64(lmask)))
 
 
-def _make_chunk_decoder(nseg):
+def _make_chunk_decoder(nseg, small, narrow):
     """The chunk decoder for nseg segments, (buf, n, nbits, E, R, k, v16, packed, lut_sym,
     lut_info, sorted_syms, first_code, first_index, len_count, max_len) -> a status: decodes a
     chunk payload (sizes checked by the caller) into the uint16 values v16; `packed` is
-    packed_table(decoder, k), the other tables the decoder's uint16 ones; an empty `packed`
-    (small chunks, with the tables of a small decoder) or a segment count without a packed
-    kernel takes the generic kernel. nseg is a closure constant, so only its count's packed
-    kernels compile (about 2 s each)."""
-    has_packed = nseg in (4, 6)
+    packed_table(decoder, k), the other tables the decoder's uint16 ones. A small chunk (empty
+    `packed`, the tables of a small decoder: see SMALL_CHUNK) or a segment count without a packed
+    kernel takes the generic kernel; narrow: k <= 1, whose packed entries leave bits 4-5 free.
+    The three are closure constants, so only the kernel this kind of chunk needs compiles (about
+    2 s each)."""
+    generic = small or nseg not in (4, 6)
 
     @nb.njit(nogil=True, cache=True)
     def decode_chunk(buf, n, nbits, E, R, k, v16, packed, lut_sym, lut_info, sorted_syms, first_code,
@@ -435,7 +436,9 @@ def _make_chunk_decoder(nseg):
             if seg_bits[j] > nbits:
                 return huffman.ERR_SEGMENTS
         src = buf[HEADER:HEADER + E]
-        if not has_packed or packed.shape[0] == 0:
+        if (packed.shape[0] == 0) != small or (k <= 1) != narrow:
+            return huffman.ERR_SEGMENTS     # (the caller's mistake: another kind's decoder)
+        if generic:
             # a small chunk (generic kernel on a small table, see SMALL_CHUNK) or a segment count
             # without a packed kernel
             st = huffman._decode_segments(src, seg_bits, seg_out, v16, lut_sym, lut_info, sorted_syms,
@@ -445,14 +448,13 @@ def _make_chunk_decoder(nseg):
                 _merge_range(v16, buf, HEADER + E, R, k, 0, n)
             return st
         rem = buf[HEADER + E:HEADER + E + R]    # the merge's input: prefetched during the Huffman pass
-        # the packed entries' bits 4-5 are free for k <= 1
-        if nseg == 6 and k <= 1:      # (nseg branches are pruned at compile time)
+        if nseg == 6 and narrow:
             st = huffman._decode_packed16_u63_r6(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
                                                  first_code, first_index, len_count, max_len)
         elif nseg == 6:
             st = huffman._decode_packed16_u15_r6(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
                                                  first_code, first_index, len_count, max_len)
-        elif k <= 1:
+        elif narrow:
             st = huffman._decode_packed16_u63(src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
                                               first_code, first_index, len_count, max_len)
         else:
@@ -467,10 +469,11 @@ def _make_chunk_decoder(nseg):
 _CHUNK_DECODERS: dict = {}
 
 
-def _chunk_decoder(nseg: int):
-    dec = _CHUNK_DECODERS.get(nseg)
+def _chunk_decoder(nseg: int, small: bool, k: int):
+    kind = (nseg, small, k <= 1)
+    dec = _CHUNK_DECODERS.get(kind)
     if dec is None:
-        dec = _CHUNK_DECODERS[nseg] = _make_chunk_decoder(nseg)
+        dec = _CHUNK_DECODERS[kind] = _make_chunk_decoder(*kind)
     return dec
 
 
@@ -690,7 +693,8 @@ class Exponent(Codec):
                     + dec.tables(np.empty(0, np.uint16))
         flags = out.flags
         v16 = out.view("<u2") if flags.c_contiguous and flags.aligned else np.empty(n, np.uint16)
-        st = _chunk_decoder(self.segments)(buf, n, nbits, E, R, self.mantissa_bits, v16, *args)
+        decode_chunk = _chunk_decoder(self.segments, n < SMALL_CHUNK, self.mantissa_bits)
+        st = decode_chunk(buf, n, nbits, E, R, self.mantissa_bits, v16, *args)
         if st != huffman.OK:
             raise FormatError(f"{what} exponent stream is corrupt: {huffman._STATUS_TEXT.get(st, st)}")
         if v16.base is None:

@@ -1552,27 +1552,32 @@ def _block_header(buf, n, lengths, seg_bits, seg_out):
     return BLK_OK, head
 
 
-def _make_block_decoder(nseg):
-    """decode_block of nseg segments in one compiled call, (buf, out, ahead) -> a status (BLK_OK,
-    BLK_ERR_*, or a _decode_segments one). `ahead`: what the caller reads next, prefetched while
-    decoding (see _make_packed_kernel). Packed kernels serve 4 and 6 segments, the generic one
-    other counts (1..8). nseg is a closure constant, so numba prunes the other count's branches
-    and compiles only this count's kernels (each packed kernel takes about 2 s to compile)."""
+def _make_block_decoder(nseg, lut_bits):
+    """decode_block in one compiled call for blocks of nseg segments whose symbol count gets
+    lut_bits-bit tables (_block_lut_bits), (buf, out, ahead) -> a status (BLK_OK, BLK_ERR_*, or a
+    _decode_segments one). `ahead`: what the caller reads next, prefetched while decoding (see
+    _make_packed_kernel). Packed kernels serve 4 and 6 segments and tables of 10-12 bits, the
+    generic one the rest. Both are closure constants, so numba prunes the other branches and
+    compiles one kernel per decoder (a packed kernel takes about 2 s to compile: a file that needs
+    one table size or none, as a model's small integer tensors, no longer waits for all six)."""
+    packed_kernel = (nseg == 4 or nseg == 6) and lut_bits >= 10
+
     @nb.njit(nogil=True, cache=True)
     def decode_block_nb(buf, out, ahead):
         n = out.shape[0]
+        if n > 0 and _block_lut_bits(n) != lut_bits:
+            return ERR_SEGMENTS         # (the caller's mistake: another size's decoder)
         lengths = np.zeros(256, np.uint8)
         seg_bits = np.empty(nseg + 1, np.int64)
         seg_out = np.empty(nseg + 1, np.int64)
         st, head = _block_header(buf, n, lengths, seg_bits, seg_out)
         if st != BLK_OK or n == 0:
             return st
-        lut_bits = _block_lut_bits(n)
         sorted_syms = np.zeros(256, np.int64)
         first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
         first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
         len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
-        if lut_bits < 10 or (nseg != 4 and nseg != 6):
+        if not packed_kernel:
             lut_sym = np.empty(1 << lut_bits, np.uint64)
             lut_sym8 = np.empty(1 << lut_bits, np.uint64)
             lut_info = np.empty(1 << lut_bits, np.uint16)
@@ -1642,10 +1647,17 @@ def _make_wide_block_decoder(nseg):
     return decode_block_wide
 
 
-# One compiled decoder per segment count, indexed by the count (None: no such decoder), compiled
-# when first called. Compiled callers index these with a constant count: a closure that captured
-# the decoder itself would miss numba's cache in every new process (a dispatcher does not pickle
-# to the same bytes twice), an integer does not.
-BLOCK_DECODERS = (None,) + tuple(_make_block_decoder(k) for k in range(1, MAX_SEGMENTS + 1))
+# One compiled decoder per segment count and, for blocks, table size: BLOCK_DECODERS[nseg][lut_bits],
+# WIDE_BLOCK_DECODERS[nseg] (None: no such decoder), each compiled when first called. Compiled
+# callers index these with constants: a closure that captured a decoder would miss numba's cache
+# in every new process (a dispatcher does not pickle to the same bytes twice), an integer does not.
+BLOCK_LUT_BITS = (8, 10, 11, 12)        # what _block_lut_bits returns
+BLOCK_DECODERS = tuple(tuple(_make_block_decoder(k, b) if k and b in BLOCK_LUT_BITS else None
+                             for b in range(LUT_BITS + 1)) for k in range(MAX_SEGMENTS + 1))
 WIDE_BLOCK_DECODERS = tuple(_make_wide_block_decoder(k) if k in (LEGACY_SEGMENTS, DEFAULT_SEGMENTS) else None
                             for k in range(MAX_SEGMENTS + 1))
+
+
+def block_decoder(nseg: int, n: int):
+    """The compiled decoder for blocks of nseg segments and n symbols: (buf, out, ahead) -> status."""
+    return BLOCK_DECODERS[nseg][_block_lut_bits(n)]

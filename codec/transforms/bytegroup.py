@@ -488,12 +488,12 @@ _LAYOUT_TEXT = {_ERR_SHORT: "payload shorter than its plane table", _ERR_METHOD:
                 _ERR_TOPMAP: "a huffman7 plane is shorter than its top-bit map"}
 
 
-def _make_chunk_decoder(nseg):
-    """The chunk decoder for Huffman blocks of nseg segments: (buf, s, rot, planes, out) -> 0,
-    _NEEDS_ZSTD (nothing written), or an error code (_ERR_*); a chunk without zstd planes decodes
-    in one call. nseg is a closure constant, so only its count's block kernels compile."""
-    has_wide = huffman.WIDE_BLOCK_DECODERS[nseg] is not None
-
+def _make_chunk_decoder(nseg, lut_bits, has_wide):
+    """The chunk decoder for Huffman blocks of nseg segments and lut_bits-bit tables (every plane
+    of a chunk of n values has n symbols: _block_lut_bits(n)), with or without the wide path:
+    (buf, s, rot, planes, out) -> 0, _NEEDS_ZSTD (nothing written), or an error code (_ERR_*); a
+    chunk without zstd planes decodes in one call. The three are closure constants, so only the
+    kernels this kind of chunk needs compile."""
     @nb.njit(nogil=True, cache=True)
     def decode_chunk(buf, s, rot, planes, out):
         size = buf.shape[0]
@@ -559,7 +559,8 @@ def _make_chunk_decoder(nseg):
                 off = offs[p]
                 nb8 = (n + 7) // 8 if buf[5 * p] == HUFFMAN7 else 0     # method 3: top bits first
                 body = buf[off + nb8:off + lens[p]]
-                st = huffman.BLOCK_DECODERS[nseg](body, planes[p], buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
+                st = huffman.BLOCK_DECODERS[nseg][lut_bits](body, planes[p],
+                                                               buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
                 raw_hi = raw_lo
                 if st != 0:
                     return _ERR_PLANE + 100 * p + st
@@ -586,14 +587,24 @@ def _make_chunk_decoder(nseg):
     return decode_chunk
 
 
-_CHUNK_DECODERS: dict = {}
+_CHUNK_DECODERS: dict = {}      # by (nseg, lut_bits, wide)
+_BY_CHUNK: dict = {}            # the same decoders by (nseg, s, n)
 
 
-def chunk_decoder(nseg: int):
-    """The compiled chunk decoder for blocks of nseg (1..8) segments."""
-    dec = _CHUNK_DECODERS.get(nseg)
+def chunk_decoder(nseg: int, s: int, n: int):
+    """The compiled decoder for chunks of n values of s bytes whose Huffman blocks have nseg (1..8)
+    segments."""
+    key = (nseg, s, n)
+    dec = _BY_CHUNK.get(key)
     if dec is None:
-        dec = _CHUNK_DECODERS[nseg] = _make_chunk_decoder(nseg)
+        wide = s == 2 and n >= huffman.WIDE_BLOCK_MIN and huffman.WIDE_BLOCK_DECODERS[nseg] is not None
+        kind = (nseg, huffman._block_lut_bits(n), wide)
+        dec = _CHUNK_DECODERS.get(kind)
+        if dec is None:
+            dec = _CHUNK_DECODERS[kind] = _make_chunk_decoder(*kind)
+        if len(_BY_CHUNK) > 256:
+            _BY_CHUNK.clear()
+        _BY_CHUNK[key] = dec
     return dec
 
 
@@ -729,7 +740,7 @@ class ByteGroup(Codec):
         s = self.itemsize
         n = out.size // s
         planes = _SCRATCH.get(s, n)[0]      # per thread (new memory per chunk costs page faults)
-        st = chunk_decoder(self.segments)(buf, s, self.rotate, planes, out)
+        st = chunk_decoder(self.segments, s, n)(buf, s, self.rotate, planes, out)
         if st == _NEEDS_ZSTD:
             return self._decode_py(buf, planes, out, what)
         if st != 0:
