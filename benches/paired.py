@@ -7,8 +7,8 @@ minutes apart (benches/compare.py) can be off by 20 %. Here each codec run is fo
 a zipnn run, and the ratio of every such pair is kept: the median of those ratios is what a slow
 phase moves least. Decoding runs as in compare.py's `codec auto` row (every chunk of every tensor
 on shared threads, largest first, into new arrays; freed memory kept for reuse by both), encoding
-as its compress (fit per tensor, then every chunk). zipnn gets a fresh copy of its input for
-every compress, made outside the timing (it rewrites its input in place).
+as its compress (every tensor's fit on the shared threads, then every chunk). zipnn gets a fresh
+copy of its input for every compress, made outside the timing (it rewrites its input in place).
 """
 from __future__ import annotations
 
@@ -31,9 +31,16 @@ from codec.source import ArraySource  # noqa: E402
 def codec_runs(tensors, threads):
     """(compress, decompress) callables of codec's auto policy, and the encoded chunks."""
     def compress():
+        # as codec.compress_file: the fits on the shared threads (largest first), then the chunks
+        fitted = [None] * len(tensors)
+
+        def fit(i):
+            dt, b = tensors[i]
+            fitted[i] = choose_codec(dt).fit(ArraySource(b), dt)
+
+        for_each(fit, sorted(range(len(tensors)), key=lambda i: -tensors[i][1].size), threads)
         jobs = []
-        for dt, b in tensors:
-            c = choose_codec(dt).fit(ArraySource(b), dt)
+        for (dt, b), c in zip(tensors, fitted):
             size = c.default_chunk_size - c.default_chunk_size % c.chunk_alignment()
             jobs += [(c, b[o:o + size]) for o in range(0, b.size, size)]
         encs = [None] * len(jobs)

@@ -297,3 +297,11 @@ def test_lossy_refuses_non_safetensors(tmp_path):
 
     with pytest.raises(CodecError, match="safetensors"):
         compress_file(p, tmp_path / "m.nnc", lossy="int8")
+
+
+def test_lossy_output_does_not_depend_on_workers(tmp_path, bf16_file):
+    # fits run on all workers before the frames are written: same bytes with 1 or 3 of them
+    a, b = tmp_path / "a.nnc", tmp_path / "b.nnc"
+    compress_file(bf16_file, a, lossy="int8", workers=1)
+    compress_file(bf16_file, b, lossy="int8", workers=3)
+    assert sha256(a) == sha256(b)
