@@ -546,3 +546,4 @@ def test_corrupt_blocks_of_other_segment_counts(segments):
         except FormatError:
             raised += 1
     assert raised >= 10      # every truncation at least
+

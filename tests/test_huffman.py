@@ -291,3 +291,24 @@ def test_block_decoder_of_another_size_refuses():
     assert H.block_decoder(6, out.size) is H.BLOCK_DECODERS[6][10]
     assert H.BLOCK_DECODERS[6][12](blk, out, blk) == H.ERR_SEGMENTS
     assert H.block_decoder(6, out.size)(blk, out, blk) == H.BLK_OK and np.array_equal(out, data)
+
+
+def test_specialized_kernels_have_names_of_their_own():
+    # numba names compiled code by qualified name, argument types and a per-process counter, and
+    # links callees by that name: closures of one factory sharing a name, compiled by two
+    # processes and loaded from the cache into a third, ran each other's code (a chunk decoder
+    # called another one's block decoder). Every specialization must have a name of its own.
+    from codec.entropy import exponent as ex
+    from codec.transforms import bytegroup as bg
+
+    disps = [d for row in H.BLOCK_DECODERS for d in row if d is not None]
+    disps += [d for d in H.WIDE_BLOCK_DECODERS if d is not None]
+    disps += [getattr(H, name) for name in dir(H) if name.startswith("_decode_packed")]
+    disps += [H._make_packed_tail(b, bits) for b in (1, 2) for bits in (10, 11, 12)]
+    disps += [bg._make_chunk_decoder(s, bits, w) for s in (1, 4, 6) for bits in H.BLOCK_LUT_BITS
+              for w in (False, True)]
+    disps += [ex._make_chunk_decoder(s, small, narrow) for s in (3, 4, 6) for small in (False, True)
+              for narrow in (False, True)]
+    disps += [ex._make_encoder(k, s) for k in (0, 1, 2) for s in (4, 6)]
+    names = [f"{d.py_func.__module__}.{d.py_func.__qualname__}" for d in disps]
+    assert len(disps) > 80 and len(set(names)) == len(names)

@@ -163,7 +163,7 @@ def _make_encoder(k, NSEG):
     W = 8 - k
     LMASK_ = (1 << (7 - k)) - 1
 
-    @nb.njit(nogil=True, cache=True)
+    @huffman.njit_named(f"_encode_chunk_k{k}_s{NSEG}")
     def encode_chunk(b, lengths, codes, out_status):
         """Whole chunk payload (see the layout above) of the n = b.size // 2 BF16 values in bytes b.
 
@@ -419,7 +419,7 @@ def _make_chunk_decoder(nseg, small, narrow):
     2 s each)."""
     generic = small or nseg not in (4, 6)
 
-    @nb.njit(nogil=True, cache=True)
+    @huffman.njit_named(f"_decode_chunk_s{nseg}_small{int(small)}_narrow{int(narrow)}")
     def decode_chunk(buf, n, nbits, E, R, k, v16, packed, lut_sym, lut_info, sorted_syms, first_code,
                      first_index, len_count, max_len):
         seg_bits = np.empty(nseg + 1, np.int64)

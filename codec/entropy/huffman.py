@@ -984,6 +984,19 @@ def _shift_range(out, lo, hi, shift):
             out[i] = out[i] << shift
 
 
+def njit_named(name: str):
+    """nb.njit(nogil=True, cache=True) for a function a factory specializes (closure constants),
+    under a name of its own for each specialization (e.g. "_decode_block_s6_l12"). numba names
+    compiled code by qualified name, argument types and a per-process counter, and links a
+    callee's code into its caller under that name: two closures of one factory, compiled in two
+    processes, can share a name, and loaded from the cache into a third, one caller ran the other
+    closure's code (seen: a bytegroup chunk decoder calling another one's block decoder)."""
+    def wrap(fn):
+        fn.__name__ = fn.__qualname__ = name
+        return nb.njit(nogil=True, cache=True)(fn)
+    return wrap
+
+
 def _make_packed_tail(itemsize, lut_bits):
     """_seg_finish for a packed kernel: one reader alone, whole lookups while a 4-lane store and
     an 8-byte load stay in bounds, then bounds-checked one-code steps reading the first code's
@@ -998,7 +1011,7 @@ def _make_packed_tail(itemsize, lut_bits):
     adv = np.uint64(16 if itemsize == 2 else 8)     # the entry's byte count field
     size = np.uint64(itemsize)
 
-    @nb.njit(nogil=True, cache=True)
+    @njit_named(f"_packed_tail_b{itemsize}_l{lut_bits}")
     def seg_finish(src, pos, o, end, end_bit, out, packed, shift, sorted_syms, first_code,
                    first_index, len_count, max_len):
         nbytes = src.shape[0]
@@ -1089,7 +1102,7 @@ def _packed_kernel_source(readers: int) -> str:
 """ for j in R).replace("        \n            st =", "        st =")
     return f"""\
 def _packed_factory_r{readers}(itemsize, umask, lut_bits):
-    @nb.njit(nogil=True, cache=True)
+    @njit_named(f"_decode_packed_r{readers}_b{{itemsize}}_u{{umask}}_l{{lut_bits}}")
     def decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, sorted_syms, first_code,
                       first_index, len_count, max_len):
         nbytes = src.shape[0]
@@ -1562,7 +1575,7 @@ def _make_block_decoder(nseg, lut_bits):
     one table size or none, as a model's small integer tensors, no longer waits for all six)."""
     packed_kernel = (nseg == 4 or nseg == 6) and lut_bits >= 10
 
-    @nb.njit(nogil=True, cache=True)
+    @njit_named(f"_decode_block_s{nseg}_l{lut_bits}")
     def decode_block_nb(buf, out, ahead):
         n = out.shape[0]
         if n > 0 and _block_lut_bits(n) != lut_bits:
@@ -1620,7 +1633,7 @@ def _make_wide_block_decoder(nseg):
     (6..8) bits, as the exponent kernels leave them, for a caller that ORs in the other bits; a
     block of at least WIDE_BLOCK_MIN symbols. The lanes' stores then fill the output words during
     the compute-bound decode, instead of a later pass writing cold memory."""
-    @nb.njit(nogil=True, cache=True)
+    @njit_named(f"_decode_block_wide_s{nseg}")
     def decode_block_wide(buf, out16, shift, ahead):
         n = out16.shape[0]
         if n < WIDE_BLOCK_MIN or shift < 6 or shift > 8 or (nseg != 4 and nseg != 6):

@@ -494,7 +494,7 @@ def _make_chunk_decoder(nseg, lut_bits, has_wide):
     (buf, s, rot, planes, out) -> 0, _NEEDS_ZSTD (nothing written), or an error code (_ERR_*); a
     chunk without zstd planes decodes in one call. The three are closure constants, so only the
     kernels this kind of chunk needs compile."""
-    @nb.njit(nogil=True, cache=True)
+    @huffman.njit_named(f"_decode_chunk_s{nseg}_l{lut_bits}_w{int(has_wide)}")
     def decode_chunk(buf, s, rot, planes, out):
         size = buf.shape[0]
         n = planes.shape[1]
