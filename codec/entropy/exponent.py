@@ -414,9 +414,9 @@ def _make_chunk_decoder(nseg, small, narrow):
     chunk payload (sizes checked by the caller) into the uint16 values v16; `packed` is
     packed_table(decoder, k), the other tables the decoder's uint16 ones. A small chunk (empty
     `packed`, the tables of a small decoder: see SMALL_CHUNK) or a segment count without a packed
-    kernel takes the generic kernel; narrow: k <= 1, whose packed entries leave bits 4-5 free.
-    The three are closure constants, so only the kernel this kind of chunk needs compiles (about
-    2 s each)."""
+    kernel takes the generic kernel (for any k); narrow: k <= 1, whose packed entries leave bits
+    4-5 free. The three are closure constants, so only the kernel this kind of chunk needs
+    compiles (about 2 s each)."""
     generic = small or nseg not in (4, 6)
 
     @huffman.njit_named(f"_decode_chunk_s{nseg}_small{int(small)}_narrow{int(narrow)}")
@@ -436,7 +436,7 @@ def _make_chunk_decoder(nseg, small, narrow):
             if seg_bits[j] > nbits:
                 return huffman.ERR_SEGMENTS
         src = buf[HEADER:HEADER + E]
-        if (packed.shape[0] == 0) != small or (k <= 1) != narrow:
+        if (packed.shape[0] == 0) != small or (not generic and (k <= 1) != narrow):
             return huffman.ERR_SEGMENTS     # (the caller's mistake: another kind's decoder)
         if generic:
             # a small chunk (generic kernel on a small table, see SMALL_CHUNK) or a segment count
@@ -470,7 +470,8 @@ _CHUNK_DECODERS: dict = {}
 
 
 def _chunk_decoder(nseg: int, small: bool, k: int):
-    kind = (nseg, small, k <= 1)
+    generic = small or nseg not in (4, 6)       # one generic decoder for every k
+    kind = (nseg, small, generic or k <= 1)
     dec = _CHUNK_DECODERS.get(kind)
     if dec is None:
         dec = _CHUNK_DECODERS[kind] = _make_chunk_decoder(*kind)

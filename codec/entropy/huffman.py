@@ -1565,20 +1565,27 @@ def _block_header(buf, n, lengths, seg_bits, seg_out):
     return BLK_OK, head
 
 
-def _make_block_decoder(nseg, lut_bits):
-    """decode_block in one compiled call for blocks of nseg segments whose symbol count gets
-    lut_bits-bit tables (_block_lut_bits), (buf, out, ahead) -> a status (BLK_OK, BLK_ERR_*, or a
-    _decode_segments one). `ahead`: what the caller reads next, prefetched while decoding (see
-    _make_packed_kernel). Packed kernels serve 4 and 6 segments and tables of 10-12 bits, the
-    generic one the rest. Both are closure constants, so numba prunes the other branches and
+def _block_kind(nseg: int, lut_bits: int) -> int:
+    """The table size a block decoder is compiled for: lut_bits where a packed kernel serves the
+    block (4 or 6 segments, 10- to 12-bit tables), else 0: one generic decoder per segment count
+    for every size (fewer decoders to compile; the generic kernel takes the size at run time)."""
+    return lut_bits if (nseg == 4 or nseg == 6) and lut_bits >= 10 else 0
+
+
+def _make_block_decoder(nseg, kind):
+    """decode_block in one compiled call for blocks of nseg segments, (buf, out, ahead) -> a
+    status (BLK_OK, BLK_ERR_*, or a _decode_segments one); kind: the table size of the blocks it
+    takes (_block_kind). `ahead`: what the caller reads next, prefetched while decoding (see
+    _make_packed_kernel). Both are closure constants, so numba prunes the other branches and
     compiles one kernel per decoder (a packed kernel takes about 2 s to compile: a file that needs
     one table size or none, as a model's small integer tensors, no longer waits for all six)."""
-    packed_kernel = (nseg == 4 or nseg == 6) and lut_bits >= 10
+    packed_kernel = kind != 0
 
-    @njit_named(f"_decode_block_s{nseg}_l{lut_bits}")
+    @njit_named(f"_decode_block_s{nseg}_l{kind}")
     def decode_block_nb(buf, out, ahead):
         n = out.shape[0]
-        if n > 0 and _block_lut_bits(n) != lut_bits:
+        lut_bits = _block_lut_bits(n)
+        if packed_kernel and n > 0 and lut_bits != kind:
             return ERR_SEGMENTS         # (the caller's mistake: another size's decoder)
         lengths = np.zeros(256, np.uint8)
         seg_bits = np.empty(nseg + 1, np.int64)
@@ -1599,22 +1606,22 @@ def _make_block_decoder(nseg, lut_bits):
             return _decode_segments(buf[head:], seg_bits, seg_out, out, lut_sym8, lut_info, sorted_syms,
                                     first_code, first_index, len_count, BLOCK_MAX_LEN)
         _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
-        packed = np.empty(1 << lut_bits, np.uint64)
-        _build_packed_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed, False, 0)
+        packed = np.empty(1 << kind, np.uint64)
+        _build_packed_ranges(lengths, kind, first_code, first_index, len_count, sorted_syms, packed, False, 0)
         src = buf[head:]
         if nseg == 6:
-            if lut_bits == 12:
+            if kind == 12:
                 return _decode_packed8_12_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                              first_code, first_index, len_count, BLOCK_MAX_LEN)
-            if lut_bits == 11:
+            if kind == 11:
                 return _decode_packed8_11_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                              first_code, first_index, len_count, BLOCK_MAX_LEN)
             return _decode_packed8_10_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                          first_code, first_index, len_count, BLOCK_MAX_LEN)
-        if lut_bits == 12:
+        if kind == 12:
             return _decode_packed8_12(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                       first_code, first_index, len_count, BLOCK_MAX_LEN)
-        if lut_bits == 11:
+        if kind == 11:
             return _decode_packed8_11(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
                                       first_code, first_index, len_count, BLOCK_MAX_LEN)
         return _decode_packed8_10(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
@@ -1665,7 +1672,9 @@ def _make_wide_block_decoder(nseg):
 # callers index these with constants: a closure that captured a decoder would miss numba's cache
 # in every new process (a dispatcher does not pickle to the same bytes twice), an integer does not.
 BLOCK_LUT_BITS = (8, 10, 11, 12)        # what _block_lut_bits returns
-BLOCK_DECODERS = tuple(tuple(_make_block_decoder(k, b) if k and b in BLOCK_LUT_BITS else None
+_block_decoders = {(k, b): _make_block_decoder(k, b) for k in range(1, MAX_SEGMENTS + 1)
+                   for b in {_block_kind(k, bits) for bits in BLOCK_LUT_BITS}}
+BLOCK_DECODERS = tuple(tuple(_block_decoders[k, _block_kind(k, b)] if k and b in BLOCK_LUT_BITS else None
                              for b in range(LUT_BITS + 1)) for k in range(MAX_SEGMENTS + 1))
 WIDE_BLOCK_DECODERS = tuple(_make_wide_block_decoder(k) if k in (LEGACY_SEGMENTS, DEFAULT_SEGMENTS) else None
                             for k in range(MAX_SEGMENTS + 1))

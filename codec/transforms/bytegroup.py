@@ -488,13 +488,15 @@ _LAYOUT_TEXT = {_ERR_SHORT: "payload shorter than its plane table", _ERR_METHOD:
                 _ERR_TOPMAP: "a huffman7 plane is shorter than its top-bit map"}
 
 
-def _make_chunk_decoder(nseg, lut_bits, has_wide):
-    """The chunk decoder for Huffman blocks of nseg segments and lut_bits-bit tables (every plane
-    of a chunk of n values has n symbols: _block_lut_bits(n)), with or without the wide path:
-    (buf, s, rot, planes, out) -> 0, _NEEDS_ZSTD (nothing written), or an error code (_ERR_*); a
-    chunk without zstd planes decodes in one call. The three are closure constants, so only the
-    kernels this kind of chunk needs compile."""
-    @huffman.njit_named(f"_decode_chunk_s{nseg}_l{lut_bits}_w{int(has_wide)}")
+def _make_chunk_decoder(nseg, kind, has_wide):
+    """The chunk decoder for Huffman blocks of nseg segments, whose block decoder is compiled for
+    tables of `kind` bits (huffman._block_kind: every plane of a chunk of n values has n symbols),
+    with or without the wide path: (buf, s, rot, planes, out) -> 0, _NEEDS_ZSTD (nothing
+    written), or an error code (_ERR_*); a chunk without zstd planes decodes in one call. The
+    three are closure constants, so only the kernels this kind of chunk needs compile."""
+    lut_bits = kind or huffman.BLOCK_LUT_BITS[0]    # an index of the block decoder (any, if generic)
+
+    @huffman.njit_named(f"_decode_chunk_s{nseg}_l{kind}_w{int(has_wide)}")
     def decode_chunk(buf, s, rot, planes, out):
         size = buf.shape[0]
         n = planes.shape[1]
@@ -587,7 +589,7 @@ def _make_chunk_decoder(nseg, lut_bits, has_wide):
     return decode_chunk
 
 
-_CHUNK_DECODERS: dict = {}      # by (nseg, lut_bits, wide)
+_CHUNK_DECODERS: dict = {}      # by (nseg, block kind, wide)
 _BY_CHUNK: dict = {}            # the same decoders by (nseg, s, n)
 
 
@@ -598,7 +600,7 @@ def chunk_decoder(nseg: int, s: int, n: int):
     dec = _BY_CHUNK.get(key)
     if dec is None:
         wide = s == 2 and n >= huffman.WIDE_BLOCK_MIN and huffman.WIDE_BLOCK_DECODERS[nseg] is not None
-        kind = (nseg, huffman._block_lut_bits(n), wide)
+        kind = (nseg, huffman._block_kind(nseg, huffman._block_lut_bits(n)), wide)
         dec = _CHUNK_DECODERS.get(kind)
         if dec is None:
             dec = _CHUNK_DECODERS[kind] = _make_chunk_decoder(*kind)
