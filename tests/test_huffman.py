@@ -304,7 +304,8 @@ def test_specialized_kernels_have_names_of_their_own():
     disps = {id(d): d for row in H.BLOCK_DECODERS for d in row if d is not None}     # (shared entries)
     assert len(disps) == 8 + 2 * 3         # a generic decoder per count, 3 table sizes for 4 and 6
     disps = list(disps.values()) + [d for d in H.WIDE_BLOCK_DECODERS if d is not None]
-    disps += [getattr(H, name) for name in dir(H) if name.startswith("_decode_packed")]
+    disps += [k for row in H.PACKED16_KERNELS if row for k in row]
+    disps += [k for row in H.PACKED8_KERNELS for k in row if k is not None]
     disps += [H._make_packed_tail(b, bits) for b in (1, 2) for bits in (10, 11, 12)]
     kinds = {(s, H._block_kind(s, bits), w) for s in (1, 4, 6) for bits in H.BLOCK_LUT_BITS for w in (False, True)}
     disps += [bg._make_chunk_decoder(*kind) for kind in kinds]

@@ -1205,17 +1205,6 @@ def _make_packed_kernel(itemsize, umask, lut_bits, readers=4):
     return ns[f"_packed_factory_r{readers}"](itemsize, umask, lut_bits)
 
 
-_decode_packed16_u63 = _make_packed_kernel(2, 63, LUT_BITS)   # exponent codes, shift >= 6
-_decode_packed16_u15 = _make_packed_kernel(2, 15, LUT_BITS)   # exponent codes, shift 4 or 5
-_decode_packed16_u63_r6 = _make_packed_kernel(2, 63, LUT_BITS, 6)     # 6-segment exponent chunks
-_decode_packed16_u15_r6 = _make_packed_kernel(2, 15, LUT_BITS, 6)
-# byte alphabets (decode_block), by table size
-_decode_packed8_10 = _make_packed_kernel(1, 63, 10)
-_decode_packed8_11 = _make_packed_kernel(1, 63, 11)
-_decode_packed8_12 = _make_packed_kernel(1, 63, 12)
-_decode_packed8_10_r6 = _make_packed_kernel(1, 63, 10, 6)     # blocks of 6 segments
-_decode_packed8_11_r6 = _make_packed_kernel(1, 63, 11, 6)
-_decode_packed8_12_r6 = _make_packed_kernel(1, 63, 12, 6)
 
 
 def decode(stream, nbits: int, n: int, lengths, max_len: int, out=None, what: str = "Huffman stream"):
@@ -1259,6 +1248,16 @@ def unpack_lengths(buf: np.ndarray, what: str) -> tuple[np.ndarray, int]:
 LEGACY_SEGMENTS = 4
 DEFAULT_SEGMENTS = 6
 MAX_SEGMENTS = 8
+
+# The packed kernels, for compiled callers to index with constants (each compiles when first
+# called): PACKED16_KERNELS[segments][narrow] for 16-bit lanes (exponent codes; narrow: shift >= 6,
+# entries whose bits 4-5 are free, else shift 4 or 5), PACKED8_KERNELS[segments][table bits] for
+# byte alphabets (decode_block). None where there is no such kernel.
+_PACKED_SEGMENTS = (LEGACY_SEGMENTS, DEFAULT_SEGMENTS)
+PACKED16_KERNELS = tuple((_make_packed_kernel(2, 15, LUT_BITS, r), _make_packed_kernel(2, 63, LUT_BITS, r))
+                         if r in _PACKED_SEGMENTS else None for r in range(MAX_SEGMENTS + 1))
+PACKED8_KERNELS = tuple(tuple(_make_packed_kernel(1, 63, b, r) if r in _PACKED_SEGMENTS and b >= 10 else None
+                              for b in range(LUT_BITS + 1)) for r in range(MAX_SEGMENTS + 1))
 
 
 def checked_segments(segments) -> int:
@@ -1608,24 +1607,8 @@ def _make_block_decoder(nseg, kind):
         _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
         packed = np.empty(1 << kind, np.uint64)
         _build_packed_ranges(lengths, kind, first_code, first_index, len_count, sorted_syms, packed, False, 0)
-        src = buf[head:]
-        if nseg == 6:
-            if kind == 12:
-                return _decode_packed8_12_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                             first_code, first_index, len_count, BLOCK_MAX_LEN)
-            if kind == 11:
-                return _decode_packed8_11_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                             first_code, first_index, len_count, BLOCK_MAX_LEN)
-            return _decode_packed8_10_r6(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                         first_code, first_index, len_count, BLOCK_MAX_LEN)
-        if kind == 12:
-            return _decode_packed8_12(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                      first_code, first_index, len_count, BLOCK_MAX_LEN)
-        if kind == 11:
-            return _decode_packed8_11(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                      first_code, first_index, len_count, BLOCK_MAX_LEN)
-        return _decode_packed8_10(src, seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                  first_code, first_index, len_count, BLOCK_MAX_LEN)
+        return PACKED8_KERNELS[nseg][kind](buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                           first_code, first_index, len_count, BLOCK_MAX_LEN)
     return decode_block_nb
 
 
@@ -1659,11 +1642,8 @@ def _make_wide_block_decoder(nseg):
         packed = np.empty(1 << LUT_BITS, np.uint64)
         _build_packed_ranges(lengths, LUT_BITS, first_code, first_index, len_count, sorted_syms, packed, True,
                              shift)
-        if nseg == 6:
-            return _decode_packed16_u63_r6(buf[head:], seg_bits, seg_out, out16, packed, shift, ahead,
-                                           sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
-        return _decode_packed16_u63(buf[head:], seg_bits, seg_out, out16, packed, shift, ahead, sorted_syms,
-                                    first_code, first_index, len_count, BLOCK_MAX_LEN)
+        return PACKED16_KERNELS[nseg][1](buf[head:], seg_bits, seg_out, out16, packed, shift, ahead,
+                                         sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
     return decode_block_wide
 
 
