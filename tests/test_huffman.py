@@ -288,8 +288,8 @@ def test_block_decoder_of_another_size_refuses():
     data = np.random.default_rng(3).integers(0, 30, 10000).astype(np.uint8)      # 10-bit tables
     blk = np.frombuffer(H.encode_block(data, nseg=6), np.uint8)
     out = np.empty(data.size, np.uint8)
-    assert H.block_decoder(6, out.size) is H.BLOCK_DECODERS[6][10]
-    assert H.BLOCK_DECODERS[6][12](blk, out, blk) == H.ERR_SEGMENTS
+    assert H.block_decoder(6, out.size) is H.BLOCK_DECODERS[H.table_index(6, 10)]
+    assert H.BLOCK_DECODERS[H.table_index(6, 12)](blk, out, blk) == H.ERR_SEGMENTS
     assert H.block_decoder(6, out.size)(blk, out, blk) == H.BLK_OK and np.array_equal(out, data)
 
 
@@ -301,11 +301,12 @@ def test_specialized_kernels_have_names_of_their_own():
     from codec.entropy import exponent as ex
     from codec.transforms import bytegroup as bg
 
-    disps = {id(d): d for row in H.BLOCK_DECODERS for d in row if d is not None}     # (shared entries)
+    tables = (H.BLOCK_DECODERS, H.WIDE_BLOCK_DECODERS, H.PACKED16_KERNELS, H.PACKED8_KERNELS)
+    # flat tables: numba types a tuple of tuples of functions as first-class function values
+    assert not any(isinstance(d, tuple) for t in tables for d in t)
+    disps = {id(d): d for d in H.BLOCK_DECODERS if d is not None}     # (entries share decoders)
     assert len(disps) == 8 + 2 * 3         # a generic decoder per count, 3 table sizes for 4 and 6
-    disps = list(disps.values()) + [d for d in H.WIDE_BLOCK_DECODERS if d is not None]
-    disps += [k for row in H.PACKED16_KERNELS if row for k in row]
-    disps += [k for row in H.PACKED8_KERNELS for k in row if k is not None]
+    disps = list(disps.values()) + [d for t in tables[1:] for d in t if d is not None]
     disps += [H._make_packed_tail(b, bits) for b in (1, 2) for bits in (10, 11, 12)]
     kinds = {(s, H._block_kind(s, bits), w) for s in (1, 4, 6) for bits in H.BLOCK_LUT_BITS for w in (False, True)}
     disps += [bg._make_chunk_decoder(*kind) for kind in kinds]

@@ -418,7 +418,7 @@ def _make_chunk_decoder(nseg, small, narrow):
     4-5 free. The three are closure constants, so only the kernel this kind of chunk needs
     compiles (about 2 s each)."""
     generic = small or nseg not in (4, 6)
-    lanes = int(narrow)         # PACKED16_KERNELS' index
+    kernel = 2 * nseg + int(narrow)     # in huffman.PACKED16_KERNELS
 
     @huffman.njit_named(f"_decode_chunk_s{nseg}_small{int(small)}_narrow{int(narrow)}")
     def decode_chunk(buf, n, nbits, E, R, k, v16, packed, lut_sym, lut_info, sorted_syms, first_code,
@@ -449,8 +449,8 @@ def _make_chunk_decoder(nseg, small, narrow):
                 _merge_range(v16, buf, HEADER + E, R, k, 0, n)
             return st
         rem = buf[HEADER + E:HEADER + E + R]    # the merge's input: prefetched during the Huffman pass
-        st = huffman.PACKED16_KERNELS[nseg][lanes](src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
-                                                   first_code, first_index, len_count, max_len)
+        st = huffman.PACKED16_KERNELS[kernel](src, seg_bits, seg_out, v16, packed, 7 - k, rem, sorted_syms,
+                                              first_code, first_index, len_count, max_len)
         if st == huffman.OK:
             _merge_range(v16, buf, HEADER + E, R, k, 0, n)
         return st

@@ -1249,15 +1249,21 @@ LEGACY_SEGMENTS = 4
 DEFAULT_SEGMENTS = 6
 MAX_SEGMENTS = 8
 
-# The packed kernels, for compiled callers to index with constants (each compiles when first
-# called): PACKED16_KERNELS[segments][narrow] for 16-bit lanes (exponent codes; narrow: shift >= 6,
-# entries whose bits 4-5 are free, else shift 4 or 5), PACKED8_KERNELS[segments][table bits] for
-# byte alphabets (decode_block). None where there is no such kernel.
+# Compiled callers index the tables of kernels and decoders below with constants (closure
+# values): PACKED16_KERNELS[2 * segments + narrow] for 16-bit lanes (exponent codes; narrow:
+# shift >= 6, entries whose bits 4-5 are free, else shift 4 or 5), PACKED8_KERNELS and
+# BLOCK_DECODERS [table_index(segments, table bits)] for byte alphabets. None where there is no
+# such kernel; each compiles when first called. Flat tuples: numba types a tuple of tuples of
+# functions as first-class function values (called through pointers, an experimental feature).
+def table_index(nseg: int, lut_bits: int) -> int:
+    return nseg * (LUT_BITS + 1) + lut_bits
+
+
 _PACKED_SEGMENTS = (LEGACY_SEGMENTS, DEFAULT_SEGMENTS)
-PACKED16_KERNELS = tuple((_make_packed_kernel(2, 15, LUT_BITS, r), _make_packed_kernel(2, 63, LUT_BITS, r))
-                         if r in _PACKED_SEGMENTS else None for r in range(MAX_SEGMENTS + 1))
-PACKED8_KERNELS = tuple(tuple(_make_packed_kernel(1, 63, b, r) if r in _PACKED_SEGMENTS and b >= 10 else None
-                              for b in range(LUT_BITS + 1)) for r in range(MAX_SEGMENTS + 1))
+PACKED16_KERNELS = tuple(_make_packed_kernel(2, 63 if narrow else 15, LUT_BITS, r)
+                         if r in _PACKED_SEGMENTS else None for r in range(MAX_SEGMENTS + 1) for narrow in (0, 1))
+PACKED8_KERNELS = tuple(_make_packed_kernel(1, 63, b, r) if r in _PACKED_SEGMENTS and b >= 10 else None
+                        for r in range(MAX_SEGMENTS + 1) for b in range(LUT_BITS + 1))
 
 
 def checked_segments(segments) -> int:
@@ -1579,6 +1585,7 @@ def _make_block_decoder(nseg, kind):
     compiles one kernel per decoder (a packed kernel takes about 2 s to compile: a file that needs
     one table size or none, as a model's small integer tensors, no longer waits for all six)."""
     packed_kernel = kind != 0
+    kernel = table_index(nseg, kind)
 
     @njit_named(f"_decode_block_s{nseg}_l{kind}")
     def decode_block_nb(buf, out, ahead):
@@ -1607,8 +1614,8 @@ def _make_block_decoder(nseg, kind):
         _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
         packed = np.empty(1 << kind, np.uint64)
         _build_packed_ranges(lengths, kind, first_code, first_index, len_count, sorted_syms, packed, False, 0)
-        return PACKED8_KERNELS[nseg][kind](buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
-                                           first_code, first_index, len_count, BLOCK_MAX_LEN)
+        return PACKED8_KERNELS[kernel](buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
+                                       first_code, first_index, len_count, BLOCK_MAX_LEN)
     return decode_block_nb
 
 
@@ -1623,6 +1630,8 @@ def _make_wide_block_decoder(nseg):
     (6..8) bits, as the exponent kernels leave them, for a caller that ORs in the other bits; a
     block of at least WIDE_BLOCK_MIN symbols. The lanes' stores then fill the output words during
     the compute-bound decode, instead of a later pass writing cold memory."""
+    kernel = 2 * nseg + 1
+
     @njit_named(f"_decode_block_wide_s{nseg}")
     def decode_block_wide(buf, out16, shift, ahead):
         n = out16.shape[0]
@@ -1642,24 +1651,24 @@ def _make_wide_block_decoder(nseg):
         packed = np.empty(1 << LUT_BITS, np.uint64)
         _build_packed_ranges(lengths, LUT_BITS, first_code, first_index, len_count, sorted_syms, packed, True,
                              shift)
-        return PACKED16_KERNELS[nseg][1](buf[head:], seg_bits, seg_out, out16, packed, shift, ahead,
-                                         sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
+        return PACKED16_KERNELS[kernel](buf[head:], seg_bits, seg_out, out16, packed, shift, ahead,
+                                        sorted_syms, first_code, first_index, len_count, BLOCK_MAX_LEN)
     return decode_block_wide
 
 
-# One compiled decoder per segment count and, for blocks, table size: BLOCK_DECODERS[nseg][lut_bits],
-# WIDE_BLOCK_DECODERS[nseg] (None: no such decoder), each compiled when first called. Compiled
-# callers index these with constants: a closure that captured a decoder would miss numba's cache
-# in every new process (a dispatcher does not pickle to the same bytes twice), an integer does not.
+# The decoders: BLOCK_DECODERS[table_index(nseg, lut_bits)], WIDE_BLOCK_DECODERS[nseg] (None: no
+# such decoder), each compiled when first called. Compiled callers index these with constants: a
+# closure that captured a decoder would miss numba's cache in every new process (a dispatcher does
+# not pickle to the same bytes twice), an integer does not.
 BLOCK_LUT_BITS = (8, 10, 11, 12)        # what _block_lut_bits returns
 _block_decoders = {(k, b): _make_block_decoder(k, b) for k in range(1, MAX_SEGMENTS + 1)
                    for b in {_block_kind(k, bits) for bits in BLOCK_LUT_BITS}}
-BLOCK_DECODERS = tuple(tuple(_block_decoders[k, _block_kind(k, b)] if k and b in BLOCK_LUT_BITS else None
-                             for b in range(LUT_BITS + 1)) for k in range(MAX_SEGMENTS + 1))
+BLOCK_DECODERS = tuple(_block_decoders[k, _block_kind(k, b)] if k and b in BLOCK_LUT_BITS else None
+                       for k in range(MAX_SEGMENTS + 1) for b in range(LUT_BITS + 1))
 WIDE_BLOCK_DECODERS = tuple(_make_wide_block_decoder(k) if k in (LEGACY_SEGMENTS, DEFAULT_SEGMENTS) else None
                             for k in range(MAX_SEGMENTS + 1))
 
 
 def block_decoder(nseg: int, n: int):
     """The compiled decoder for blocks of nseg segments and n symbols: (buf, out, ahead) -> status."""
-    return BLOCK_DECODERS[nseg][_block_lut_bits(n)]
+    return BLOCK_DECODERS[table_index(nseg, _block_lut_bits(n))]

@@ -494,7 +494,7 @@ def _make_chunk_decoder(nseg, kind, has_wide):
     with or without the wide path: (buf, s, rot, planes, out) -> 0, _NEEDS_ZSTD (nothing
     written), or an error code (_ERR_*); a chunk without zstd planes decodes in one call. The
     three are closure constants, so only the kernels this kind of chunk needs compile."""
-    lut_bits = kind or huffman.BLOCK_LUT_BITS[0]    # an index of the block decoder (any, if generic)
+    block = huffman.table_index(nseg, kind or huffman.BLOCK_LUT_BITS[0])    # its block decoder (generic: any size)
 
     @huffman.njit_named(f"_decode_chunk_s{nseg}_l{kind}_w{int(has_wide)}")
     def decode_chunk(buf, s, rot, planes, out):
@@ -561,8 +561,7 @@ def _make_chunk_decoder(nseg, kind, has_wide):
                 off = offs[p]
                 nb8 = (n + 7) // 8 if buf[5 * p] == HUFFMAN7 else 0     # method 3: top bits first
                 body = buf[off + nb8:off + lens[p]]
-                st = huffman.BLOCK_DECODERS[nseg][lut_bits](body, planes[p],
-                                                               buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
+                st = huffman.BLOCK_DECODERS[block](body, planes[p], buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
                 raw_hi = raw_lo
                 if st != 0:
                     return _ERR_PLANE + 100 * p + st
