@@ -340,6 +340,15 @@ def _split_top_bits(plane, out, off):
 
 
 @nb.njit(nogil=True, cache=True)
+def _copy_bytes(dst, src):
+    """dst[:] = src for equal-length byte arrays. A loop over two whole arrays compiles to a
+    vectorized copy (5 us per 256 KiB); `dst[a:b] = src` took 80 us and compiled numba's
+    shape-error formatting (2.5 s), `dst[off + i] = src[i]` 195 us (/tmp script)."""
+    for i in range(src.shape[0]):
+        dst[i] = src[i]
+
+
+@nb.njit(nogil=True, cache=True)
 def _write(planes, methods, lens, counts, low7, lengths, tail, out, nseg):
     """The writing half: the plane table and every raw/huffman/huffman7 plane (zstd planes are
     left for the caller), then the tail; out holds the whole payload + 8 spare bytes. Returns the
@@ -365,9 +374,7 @@ def _write(planes, methods, lens, counts, low7, lengths, tail, out, nseg):
             if huffman._write_block(row, low7[p], lengths[p, 1], out, off + nb8, nseg) != end:
                 return -1 - p
         elif m == RAW:
-            row = planes[p]
-            for i in range(n):      # (a slice assignment compiled numba's shape-error path: 2.5 s)
-                out[off + i] = row[i]
+            _copy_bytes(out[off:end], planes[p])
         off = end
     for i in range(tail.shape[0]):
         out[off + i] = tail[i]
@@ -578,9 +585,7 @@ def _make_chunk_decoder(nseg, kind, has_wide):
         else:
             for p in range(s):
                 if src[p] >= 0:
-                    row = planes[p]
-                    for i in range(n):
-                        row[i] = buf[src[p] + i]
+                    _copy_bytes(planes[p], buf[src[p]:src[p] + n])
             _merge(planes, s, rot, out)
         for i in range(t):
             out[n * s + i] = buf[size - t + i]
