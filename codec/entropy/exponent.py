@@ -417,7 +417,7 @@ def _make_chunk_decoder(nseg, small, narrow):
     kernel takes the generic kernel (for any k); narrow: k <= 1, whose packed entries leave bits
     4-5 free. The three are closure constants, so only the kernel this kind of chunk needs
     compiles (about 2 s each)."""
-    generic = small or nseg not in (4, 6)
+    generic = small or not huffman.has_packed_kernels(nseg)
     kernel = 2 * nseg + int(narrow)     # in huffman.PACKED16_KERNELS
 
     @huffman.njit_named(f"_decode_chunk_s{nseg}_small{int(small)}_narrow{int(narrow)}")
@@ -461,7 +461,7 @@ _CHUNK_DECODERS: dict = {}
 
 
 def _chunk_decoder(nseg: int, small: bool, k: int):
-    generic = small or nseg not in (4, 6)       # one generic decoder for every k
+    generic = small or not huffman.has_packed_kernels(nseg)     # one generic decoder for every k
     kind = (nseg, small, generic or k <= 1)
     dec = _CHUNK_DECODERS.get(kind)
     if dec is None:

@@ -25,10 +25,10 @@ packed tables instead: one 8-byte entry per lookup holding symbols, bits used an
 load, not two), and readers that load 8 bytes once per 4 lookups and shift the bits out of a
 register (see `_make_packed_kernel`), 4 or 6 of them interleaved: the latency of the lookup
 chain bounds one reader, and 6 hide more of it than 4 (the `segments` of the codecs' streams).
-Every step consumes at least one bit and emits at least
-one symbol, so decoding is bounded by the output size. Kernels report an error status instead of
-reading or writing out of bounds; the Python wrappers raise `FormatError`. All kernels are `nogil`
-so chunks decode in parallel threads.
+Every step consumes at least one bit and emits at least one symbol, so decoding is bounded by
+the output size. Kernels report an error status instead of reading or writing out of bounds; the
+Python wrappers raise `FormatError`. All kernels are `nogil` so chunks decode in parallel
+threads.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, register_jitable
 
 from ..errors import FormatError
 
@@ -1002,7 +1002,7 @@ def _make_packed_tail(itemsize, lut_bits):
     an 8-byte load stay in bounds, then bounds-checked one-code steps reading the first code's
     length and output lane from the packed entry, so a decode touches no other table.
 
-    The 4-reader rounds stop when the first segment nears its end; the others may still hold
+    The interleaved rounds stop when the first segment nears its end; the others may still hold
     hundreds of codes (segments end unevenly), which whole lookups decode ~3x faster than single
     codes: 6-7 % of a BF16 chunk's Huffman time (MiniLM, /tmp script)."""
     len1_shift = np.uint64(32 if itemsize == 2 else 12)
@@ -1260,9 +1260,16 @@ def table_index(nseg: int, lut_bits: int) -> int:
 
 
 _PACKED_SEGMENTS = (LEGACY_SEGMENTS, DEFAULT_SEGMENTS)
-PACKED16_KERNELS = tuple(_make_packed_kernel(2, 63 if narrow else 15, LUT_BITS, r)
-                         if r in _PACKED_SEGMENTS else None for r in range(MAX_SEGMENTS + 1) for narrow in (0, 1))
-PACKED8_KERNELS = tuple(_make_packed_kernel(1, 63, b, r) if r in _PACKED_SEGMENTS and b >= 10 else None
+
+
+def has_packed_kernels(nseg: int) -> bool:
+    """Whether streams of nseg segments have packed kernels (others take the generic one)."""
+    return nseg in _PACKED_SEGMENTS
+
+
+PACKED16_KERNELS = tuple(_make_packed_kernel(2, 63 if narrow else 15, LUT_BITS, r) if has_packed_kernels(r) else None
+                         for r in range(MAX_SEGMENTS + 1) for narrow in (0, 1))
+PACKED8_KERNELS = tuple(_make_packed_kernel(1, 63, b, r) if has_packed_kernels(r) and b >= 10 else None
                         for r in range(MAX_SEGMENTS + 1) for b in range(LUT_BITS + 1))
 
 
@@ -1287,9 +1294,10 @@ def from_config_with_segments(cls, params: dict):
     return codec
 
 
+@register_jitable
 def segment_table_size(nseg: int) -> int:
     """Bytes of a stream's segment table (a Huffman block's, an exponent chunk's): the start bits
-    of segments 1..nseg-1, u32 each."""
+    of segments 1..nseg-1, u32 each. (Plain Python, and inlined into compiled callers.)"""
     return 4 * (nseg - 1)
 
 
@@ -1394,7 +1402,7 @@ def _write_block(data, counts, lengths, out, off, nseg):
         if lengths[b] > 0:
             k += 1
             nbits += counts[b] * lengths[b]
-    trailer = 4 * (nseg - 1)
+    trailer = segment_table_size(nseg)
     head = off + 4 + 32 + (k + 1) // 2 + trailer
     end = head + (nbits + 7) // 8
     if out.shape[0] < end + 8:
@@ -1445,7 +1453,7 @@ def _block_lengths_nb(counts, lengths_out, nseg):
             nbits += counts[b] * lens[b]
     if k == 0:
         return 0
-    return 4 + 32 + (k + 1) // 2 + 4 * (nseg - 1) + (nbits + 7) // 8
+    return 4 + 32 + (k + 1) // 2 + segment_table_size(nseg) + (nbits + 7) // 8
 
 
 def block_lengths(counts: np.ndarray, nseg: int = LEGACY_SEGMENTS) -> tuple[int, np.ndarray]:
@@ -1537,7 +1545,7 @@ def _block_header(buf, n, lengths, seg_bits, seg_out):
         if (buf[4 + (sym >> 3)] >> (7 - (sym & 7))) & 1:
             k += 1
     nb_ = (k + 1) // 2
-    trailer = 4 * (nseg - 1)
+    trailer = segment_table_size(nseg)
     head = 4 + 32 + nb_ + trailer
     if size < head:
         return BLK_ERR_HEADER, 0
@@ -1574,7 +1582,7 @@ def _block_kind(nseg: int, lut_bits: int) -> int:
     """The table size a block decoder is compiled for: lut_bits where a packed kernel serves the
     block (4 or 6 segments, 10- to 12-bit tables), else 0: one generic decoder per segment count
     for every size (fewer decoders to compile; the generic kernel takes the size at run time)."""
-    return lut_bits if (nseg == 4 or nseg == 6) and lut_bits >= 10 else 0
+    return lut_bits if has_packed_kernels(nseg) and lut_bits >= 10 else 0
 
 
 def _make_block_decoder(nseg, kind):
@@ -1635,7 +1643,7 @@ def _make_wide_block_decoder(nseg):
     @njit_named(f"_decode_block_wide_s{nseg}")
     def decode_block_wide(buf, out16, shift, ahead):
         n = out16.shape[0]
-        if n < WIDE_BLOCK_MIN or shift < 6 or shift > 8 or (nseg != 4 and nseg != 6):
+        if n < WIDE_BLOCK_MIN or shift < 6 or shift > 8:
             return ERR_SEGMENTS
         lengths = np.zeros(256, np.uint8)
         seg_bits = np.empty(nseg + 1, np.int64)
@@ -1665,7 +1673,7 @@ _block_decoders = {(k, b): _make_block_decoder(k, b) for k in range(1, MAX_SEGME
                    for b in {_block_kind(k, bits) for bits in BLOCK_LUT_BITS}}
 BLOCK_DECODERS = tuple(_block_decoders[k, _block_kind(k, b)] if k and b in BLOCK_LUT_BITS else None
                        for k in range(MAX_SEGMENTS + 1) for b in range(LUT_BITS + 1))
-WIDE_BLOCK_DECODERS = tuple(_make_wide_block_decoder(k) if k in (LEGACY_SEGMENTS, DEFAULT_SEGMENTS) else None
+WIDE_BLOCK_DECODERS = tuple(_make_wide_block_decoder(k) if has_packed_kernels(k) else None
                             for k in range(MAX_SEGMENTS + 1))
 
 
