@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .arrays import from_bytes, to_bytes_and_dtype, torch_aligned
-from .checksum import sha256_file
+from .checksum import Hasher, hash_file, xxh3_hex
 from .errors import CodecError, FormatError
 from .policy import resolve
 
@@ -93,17 +93,18 @@ def human_size(n: int) -> str:
     return str(n)
 
 
-class _Sha256Thread(threading.Thread):
-    """Hashes a file in the background while it is being compressed (hashlib drops the GIL)."""
+class _HashThread(threading.Thread):
+    """Hashes a file (sha256 and XXH3-64) in the background while it is being compressed
+    (hashlib drops the GIL)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(daemon=True)
-        self.path, self.hexdigest, self.error = path, None, None
+        self.path, self.hexdigest, self.xxh3, self.error = path, None, None, None
         self.start()
 
     def run(self) -> None:
         try:
-            self.hexdigest = sha256_file(self.path)
+            self.hexdigest, self.xxh3 = hash_file(self.path)
         except Exception as exc:  # noqa: BLE001  (re-raised by the caller)
             self.error = exc
 
@@ -118,14 +119,19 @@ def _progress(total: int, desc: str, enabled: bool):
 def compress_file(path, output=None, *, codec="auto", level: int | None = None,
                   workers: int | None = None, overwrite: bool = False, container: str = "auto",
                   chunk_size: int | None = None, progress: bool = False,
-                  lossy: str | None = None, group_size: int = 128) -> Result:
+                  lossy: str | None = None, group_size: int = 128, sync: bool = False) -> Result:
     """Compress a file (safetensors, GGUF, or any file as opaque bytes) to `.nnc`, atomically.
 
     `lossy="int8"|"int4"|"fp8"` (safetensors only) quantizes every float matrix round-to-nearest
     per group of `group_size` values and entropy-codes the codes: the result is LOSSY (frames
     flagged, manifest records the sha256 of the dequantized file, which decompress/verify check).
+
+    The manifest records the original's size, sha256 and XXH3-64 (read in one pass beside the
+    compression). sync=True flushes the output to disk before renaming it into place.
     """
-    from .formats.frame import for_each, write_frame
+    from itertools import islice
+
+    from .formats.frame import assemble_frame, encode_chunks, for_each, plan_frame
     from .formats.nncfile import AtomicWriter, Entry, NncWriter
     from .layout import file_pieces, piece_codec
     from .source import FileRangeSource
@@ -149,7 +155,7 @@ def compress_file(path, output=None, *, codec="auto", level: int | None = None,
         raise CodecError(f"{path}: --lossy needs a safetensors input (this is {plan.container})")
     fd = os.open(path, os.O_RDONLY)
     try:
-        sha = _Sha256Thread(path)
+        sha = _HashThread(path)
         hasher = None
         if lossy is not None:
             from .quantize import LossySource, OrderedHasher, Quant, eligible
@@ -171,29 +177,30 @@ def compress_file(path, output=None, *, codec="auto", level: int | None = None,
         for_each(fit, sorted(range(len(pieces)), key=lambda i: -pieces[i].length), workers)
         bar = _progress(size, f"compress {path.name}", progress)
         n_lossy = 0
-        with AtomicWriter(output, overwrite) as fh:
+        jobs = []
+        for p, c in zip(pieces, fitted):
+            src = FileRangeSource(fd, p.start, p.length)
+            if hasher is not None:   # the frame writer sees the bytes the file decodes to
+                n_lossy += isinstance(c, Quant)
+                src = LossySource(src, p.start, hasher, c if isinstance(c, Quant) else None)
+            jobs.append((plan_frame(c, p.dtype, p.shape, src.size, chunk_size=chunk_size), src))
+        with AtomicWriter(output, overwrite, sync=sync) as fh:
             w = NncWriter(fh)
-            for p, c in zip(pieces, fitted):
-                role, dtype, shape, name, base = p.role, p.dtype, p.shape, p.name, p.start
-                src = FileRangeSource(fd, p.start, p.length)
-                if hasher is not None and isinstance(c, Quant):
-                    n_lossy += 1
-                fsrc = src
-                if hasher is not None:   # the frame writer sees the bytes the file decodes to
-                    fsrc = LossySource(src, base, hasher, c if isinstance(c, Quant) else None)
+            # every chunk of every frame in one encoding stream, written frame by frame in order
+            stream = encode_chunks(jobs, workers)
+            for p, (fplan, _) in zip(pieces, jobs):
                 off = w.begin_frame()
                 fh.seek(off)
-                st = write_frame(fh, fsrc, c, dtype, shape, workers=workers, chunk_size=chunk_size,
-                                 progress=bar.update)
-                w.add(Entry(role, off, st.encoded_size, name,
-                            dtype if role == "tensor" else None, shape if role == "tensor" else None))
+                st = assemble_frame(fh, fplan, islice(stream, fplan.n_chunks), bar.update)
+                w.add(Entry(p.role, off, st.encoded_size, p.name, p.dtype if p.role == "tensor" else None,
+                            p.shape if p.role == "tensor" else None))
             sha.join()
             if sha.error:
                 raise sha.error
-            extra = None
+            extra = {"original_xxh3": sha.xxh3}
             if hasher is not None:
-                extra = {"lossy": {"scheme": lossy, "group_size": group_size, "tensors": n_lossy,
-                                   "decoded_sha256": hasher.hexdigest(size)}}
+                extra["lossy"] = {"scheme": lossy, "group_size": group_size, "tensors": n_lossy,
+                                  "decoded_sha256": hasher.hexdigest(size)}
             end = w.finish(plan.container, size, sha.hexdigest, plan.metadata, f"codec {__version__}",
                            extra=extra)
         bar.close()
@@ -210,68 +217,108 @@ def _default_decompressed_name(path: Path) -> Path:
 
 
 def decompress_file(path, output=None, *, workers: int | None = None, overwrite: bool = False,
-                    progress: bool = False) -> Result:
-    """Restore the original file from `.nnc`; its sha256 is checked before the rename."""
+                    progress: bool = False, sha256: bool = False, sync: bool = False) -> Result:
+    """Restore the original file from `.nnc`; the whole output is checked against the manifest's
+    XXH3-64 of the original (or its sha256: files written before the XXH3 was recorded, lossy
+    files, or sha256=True) before it is renamed into place. sync=True also flushes the output to
+    disk before the rename (durable against a power cut; costs the disk's write time)."""
     from .formats.nncfile import AtomicWriter, NncFile
 
     path = Path(path)
     output = Path(output) if output is not None else _default_decompressed_name(path)
     workers = workers or default_workers()
     t0 = time.perf_counter()
-    with NncFile(path) as nf, AtomicWriter(output, overwrite) as fh:
-        total = _replay(nf, path, workers, progress, "decompress", fh.write)
+    with NncFile(path) as nf, AtomicWriter(output, overwrite, sync=sync) as fh:
+        total, _ = _replay(nf, path, workers, progress, "decompress", fh.write, sha256)
     return Result(str(path), str(output), total, path.stat().st_size, time.perf_counter() - t0)
 
 
-def _replay(nf, path: Path, workers: int, progress: bool, verb: str, sink) -> int:
-    """Decode every entry in order into `sink` (or nowhere), then check size and sha256.
+_MAX_PENDING = 8                # decoded chunks waiting for the writer (or sha256) at most,
+_MAX_PENDING_BYTES = 32 << 20   # and their bytes (beyond one chunk)
 
-    Hashing and writing run on two background threads (hashlib and file writes release the GIL),
-    overlapping with each other and with the decoding of the next chunks; sha256 is the slowest
-    of the three, so writing on its thread would make it the critical path.
+
+def _whole_file_check(manifest: dict, sha256: bool):
+    """(name, hasher, expected hex digest) of the check a replay ends with: the dequantized file's
+    sha256 for a lossy file, else the original's XXH3-64 when the manifest records it (hashing at
+    memory speed, where sha256 runs at ~1.8 GB/s and bounded decompression), else or on request
+    (sha256=True) the original's sha256."""
+    lossy = manifest.get("lossy")
+    if lossy is not None:
+        return "sha256", hashlib.sha256(), lossy["decoded_sha256"]
+    if not sha256 and "original_xxh3" in manifest:
+        return "XXH3", Hasher(), manifest["original_xxh3"]
+    return "sha256", hashlib.sha256(), manifest["original_sha256"]
+
+
+def _replay(nf, path: Path, workers: int, progress: bool, verb: str, sink, sha256: bool = False):
+    """Decode every entry in order into `sink` (or nowhere), then check the size and the whole
+    file's hash (_whole_file_check). Returns (bytes, name of the hash checked).
+
+    Writing runs on a background thread (file writes release the GIL), overlapping with the
+    decoding of the next chunks; so does sha256 on a thread of its own (hashlib releases the GIL;
+    at ~1.8 GB/s it is the slowest of the three). XXH3 runs at memory speed on this thread.
     """
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
+    from .formats.frame import iter_decoded_frames
+
     total = nf.manifest["original_size"]
+    kind, h, want = _whole_file_check(nf.manifest, sha256)
+    inline = kind == "XXH3"
+    update = h.update
+    frames, size = [], 0
+    for entry in nf.entries:
+        frame = nf.frame(entry)
+        size += frame.decoded_size
+        if size > total:
+            raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
+        frames.append(frame)
     bar = _progress(total, f"{verb} {path.name}", progress)
-    h = hashlib.sha256()
     done = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec-hash") as hasher, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec-sink") as writer:
-        pending: list = []
-        for entry in nf.entries:
-            frame = nf.frame(entry)
-            if done + frame.decoded_size > total:
-                raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
-            for chunk in frame.iter_decoded(workers, verify_payload=verb == "verify"):
-                for fut in pending:
-                    fut.result()  # at most one chunk in flight: memory stays bounded
-                pending = [hasher.submit(h.update, chunk)]
-                if sink is not None:
-                    pending.append(writer.submit(sink, chunk))
-                done += chunk.size
-                bar.update(chunk.size)
-        for fut in pending:
-            fut.result()
+        # chunks handed to the background threads, oldest first: a few may wait (the writer
+        # runs unevenly), their bytes bounded, so memory does not grow with the file
+        pending: deque = deque()
+        held = 0
+        # writing is CPU work too (copying into the page cache, ~3 GB/s): it gets a core of its own
+        decoders = max(1, workers - 1) if sink is not None else workers
+        for _, chunk in iter_decoded_frames(frames, decoders, verify_payload=verb == "verify"):
+            while pending and (len(pending) >= _MAX_PENDING or held > _MAX_PENDING_BYTES):
+                n, futs = pending.popleft()
+                for fut in futs:
+                    fut.result()
+                held -= n
+            futs = []
+            if inline:
+                update(chunk)
+            else:
+                futs.append(hasher.submit(update, chunk))
+            if sink is not None:
+                futs.append(writer.submit(sink, chunk))
+            if futs:
+                pending.append((chunk.size, futs))
+                held += chunk.size
+            done += chunk.size
+            bar.update(chunk.size)
+        for _, futs in pending:
+            for fut in futs:
+                fut.result()
     bar.close()
-    _check_original(path, done, h.hexdigest(), nf.manifest)
-    return total
+    got = xxh3_hex(h.intdigest()) if inline else h.hexdigest()
+    _check_original(path, done, kind, got, want, nf.manifest)
+    return total, kind
 
 
-def _check_original(path, size: int, sha: str, manifest: dict) -> None:
+def _check_original(path, size: int, kind: str, got: str, want: str, manifest: dict) -> None:
     from .errors import ChecksumError
 
     if size != manifest["original_size"]:
         raise FormatError(f"{path}: decoded {size} bytes, the original had {manifest['original_size']}")
-    lossy = manifest.get("lossy")
-    if lossy is not None:
-        if sha != lossy["decoded_sha256"]:
-            raise ChecksumError(f"{path}: LOSSY file: sha256 of the dequantized output is {sha}, "
-                                f"expected the recorded {lossy['decoded_sha256']}")
-        return
-    if sha != manifest["original_sha256"]:
-        raise ChecksumError(f"{path}: sha256 of the restored file is {sha}, "
-                            f"expected {manifest['original_sha256']}")
+    if got != want:
+        what = "the dequantized output (LOSSY file)" if manifest.get("lossy") is not None else "the restored file"
+        raise ChecksumError(f"{path}: {kind} of {what} is {got}, expected the recorded {want}")
 
 
 @dataclass
@@ -282,17 +329,20 @@ class VerifyReport:
     original_size: int = 0
     error: str | None = None
     errors: list[str] = field(default_factory=list)
+    check: str = "sha256"       # the whole-file hash that matched: "XXH3" or "sha256"
 
 
-def verify(path, *, workers: int | None = None, progress: bool = False) -> VerifyReport:
-    """Check every checksum and decode everything, without writing. Raises the first problem."""
+def verify(path, *, workers: int | None = None, progress: bool = False, sha256: bool = False) -> VerifyReport:
+    """Check every checksum and decode everything, without writing. Raises the first problem.
+    The whole file is checked against the original's XXH3-64 (sha256=True, or a file that does
+    not record it: against its sha256)."""
     from .formats.nncfile import NncFile
 
     path = Path(path)
     workers = workers or default_workers()
     with NncFile(path) as nf:
-        total = _replay(nf, path, workers, progress, "verify", None)
-        return VerifyReport(str(path), True, len(nf.entries), total)
+        total, kind = _replay(nf, path, workers, progress, "verify", None, sha256)
+        return VerifyReport(str(path), True, len(nf.entries), total, check=kind)
 
 
 # --------------------------------------------------------------------------------------

@@ -22,12 +22,26 @@ class Hasher:
         return self._h.intdigest()
 
 
+def xxh3_hex(value: int) -> str:
+    """The manifest's spelling of an XXH3-64: 16 lowercase hex digits."""
+    return f"{value:016x}"
+
+
 def sha256_file(path, piece: int = 8 << 20) -> str:
     """Hex sha256 of a file, read a piece at a time (hashlib releases the GIL on large pieces)."""
+    return hash_file(path, piece)[0]
+
+
+def hash_file(path, piece: int = 8 << 20) -> tuple[str, str]:
+    """(hex sha256, hex XXH3-64) of a file in one read: the manifest records both (the XXH3 is
+    what readers check at memory speed; the sha256 names the original, as a Hub LFS pointer does)."""
     import hashlib
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(piece):
-            h.update(data)
-    return h.hexdigest()
+    h, x = hashlib.sha256(), xxhash.xxh3_64()
+    buf = bytearray(piece)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            x.update(view[:n])
+    return h.hexdigest(), xxh3_hex(x.intdigest())

@@ -67,11 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--container", choices=["auto", "safetensors", "gguf", "bytes"], default="auto",
                    help="how to read the input (auto: safetensors if it is one, else opaque bytes)")
     p.add_argument("--chunk-size", type=int, default=None, help="decoded bytes per chunk")
+    p.add_argument("--sync", action="store_true", help="flush the output to disk before renaming it into place")
     _add_output_options(p)
 
     p = sub.add_parser("decompress", help="restore the original files from .nnc")
     p.add_argument("inputs", nargs="+", metavar="FILE")
     p.add_argument("-o", "--output", help="output path (one input only)")
+    p.add_argument("--sha256", action="store_true",
+                   help="check the restored file's sha256 instead of its XXH3 (slower: ~1.8 GB/s)")
+    p.add_argument("--sync", action="store_true", help="flush the output to disk before renaming it into place")
     _add_output_options(p)
 
     p = sub.add_parser("inspect", help="show the format, codecs and sizes of a .nnc file")
@@ -82,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check every checksum and decode everything")
     p.add_argument("inputs", nargs="+", metavar="FILE")
+    p.add_argument("--sha256", action="store_true",
+                   help="check the original's sha256 instead of its XXH3 (slower: ~1.8 GB/s)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     _add_common(p)
 
@@ -154,7 +160,8 @@ def cmd_compress(args, parser) -> int:
     for path in args.inputs:
         r = compress_file(path, args.output, codec=args.codec, level=args.level, workers=args.workers,
                           overwrite=args.force, container=args.container, chunk_size=args.chunk_size,
-                          progress=_progress(args), lossy=args.lossy, group_size=args.group_size)
+                          progress=_progress(args), lossy=args.lossy, group_size=args.group_size,
+                          sync=args.sync)
         results.append(r)
         if not args.json and not args.quiet:
             print(r.summary("compressed"))
@@ -201,7 +208,7 @@ def cmd_decompress(args, parser) -> int:
     results = []
     for path in args.inputs:
         r = decompress_file(path, args.output, workers=args.workers, overwrite=args.force,
-                            progress=_progress(args))
+                            progress=_progress(args), sha256=args.sha256, sync=args.sync)
         results.append(r)
         if not args.json and not args.quiet:
             print(r.summary("decompressed").replace(" (ratio", " (from ratio"))
@@ -217,10 +224,11 @@ def cmd_verify(args, parser) -> int:
     code, out = EXIT_OK, []
     for path in args.inputs:
         try:
-            rep = verify(path, workers=args.workers, progress=_progress(args))
-            out.append({"path": path, "ok": True, "frames": rep.frames, "original_size": rep.original_size})
+            rep = verify(path, workers=args.workers, progress=_progress(args), sha256=args.sha256)
+            out.append({"path": path, "ok": True, "frames": rep.frames, "original_size": rep.original_size,
+                        "check": rep.check})
             if not args.json and not args.quiet:
-                print(f"{path}: OK ({rep.frames} frames, {rep.original_size} bytes, sha256 matches)")
+                print(f"{path}: OK ({rep.frames} frames, {rep.original_size} bytes, {rep.check} matches)")
         except (CodecError, OSError) as exc:
             if args.debug:
                 raise

@@ -56,8 +56,11 @@ def task_plan(url: str, codec, level, container: str = "auto") -> FilePlan:
     return file_pieces(url, codec, level, container)
 
 
-def task_sha256(url: str) -> str:
-    h = hashlib.sha256()
+def task_sha256(url: str) -> tuple[str, str]:
+    """(sha256, XXH3-64) of the original, as hex: the manifest records both (codec.checksum.hash_file)."""
+    from .checksum import Hasher, xxh3_hex
+
+    h, x = hashlib.sha256(), Hasher()
     with InputFile(url) as r:
         off = 0
         while off < r.size:
@@ -65,8 +68,9 @@ def task_sha256(url: str) -> str:
             if not data:
                 raise EOFError(f"{url}: ended at byte {off}, expected {r.size}")
             h.update(data)
+            x.update(data)
             off += len(data)
-    return h.hexdigest()
+    return h.hexdigest(), xxh3_hex(x.intdigest())
 
 
 def task_fit(url: str, pieces: list[Piece], codec, level) -> list[dict]:
@@ -111,7 +115,7 @@ def _install(tmp: Path, out: Path, overwrite: bool) -> None:
     os.replace(tmp, out)
 
 
-def task_assemble(out: str, plan: FilePlan, cfgs: list[dict], chunk_size, overwrite: bool, sha: str,
+def task_assemble(out: str, plan: FilePlan, cfgs: list[dict], chunk_size, overwrite: bool, sha: tuple[str, str],
                   *ranges) -> dict:
     """Write one `.nnc` from its encoded chunk ranges, verify it, rename it into place."""
     from .api import verify
@@ -136,10 +140,11 @@ def task_assemble(out: str, plan: FilePlan, cfgs: list[dict], chunk_size, overwr
                 st = assemble_frame(fh, fp, mine)
                 w.add(Entry(p.role, off, st.encoded_size, p.name,
                             p.dtype if p.role == "tensor" else None, p.shape if p.role == "tensor" else None))
-            end = w.finish(plan.container, plan.size, sha, plan.metadata, f"codec {__version__}")
+            end = w.finish(plan.container, plan.size, sha[0], plan.metadata, f"codec {__version__}",
+                           extra={"original_xxh3": sha[1]})
             fh.flush()
             os.fsync(fh.fileno())
-        verify(tmp, workers=1)       # full decode + sha256 of the original before it is visible
+        verify(tmp, workers=1)       # full decode + the original's XXH3 before it is visible
         _install(tmp, out_p, overwrite)
     finally:
         if tmp.exists():

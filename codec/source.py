@@ -6,22 +6,30 @@ for with `os.pread`, so memory stays bounded by chunk size times workers.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Iterator
 
 import numpy as np
 
 
 class TensorSource:
-    """A flat run of `size` bytes; `read(offset, n)` returns a uint8 array of exactly n bytes."""
+    """A flat run of `size` bytes; `read(offset, n)` returns a uint8 array of exactly n bytes.
+
+    `read_scratch(offset, n)` and `iter_chunks(n)` may return arrays that the next such call on
+    the same thread (the next piece) overwrites: for callers that are done with a piece before
+    asking for another (a chunk's encode, a fit's pass)."""
 
     size: int
 
     def read(self, offset: int, n: int) -> np.ndarray:
         raise NotImplementedError
 
+    def read_scratch(self, offset: int, n: int) -> np.ndarray:
+        return self.read(offset, n)
+
     def iter_chunks(self, chunk_size: int) -> Iterator[np.ndarray]:
         for off in range(0, self.size, chunk_size):
-            yield self.read(off, min(chunk_size, self.size - off))
+            yield self.read_scratch(off, min(chunk_size, self.size - off))
 
 
 class ArraySource(TensorSource):
@@ -51,11 +59,26 @@ class FileRangeSource(TensorSource):
 
     def read(self, offset: int, n: int) -> np.ndarray:
         buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
+        self._read_into(memoryview(buf), offset)
+        return np.frombuffer(buf, dtype=np.uint8)
+
+    def read_scratch(self, offset: int, n: int) -> np.ndarray:
+        """read() into this thread's reused buffer: a new one per chunk cost page faults, and
+        reading a model's chunks that way took half as long as encoding them."""
+        buf = getattr(_scratch, "buf", None)
+        if buf is None or buf.size < n:
+            buf = _scratch.buf = np.empty(max(n, 1 << 20), np.uint8)
+        out = buf[:n]
+        self._read_into(memoryview(out), offset)
+        return out
+
+    def _read_into(self, view: memoryview, offset: int) -> None:
+        n, got = len(view), 0
         while got < n:
             k = os.preadv(self.fd, [view[got:]], self.start + offset + got)
             if k <= 0:
                 raise EOFError(f"file ended at byte {self.start + offset + got}, expected {n - got} more")
             got += k
-        return np.frombuffer(buf, dtype=np.uint8)
+
+
+_scratch = threading.local()

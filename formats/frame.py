@@ -141,7 +141,8 @@ class Frame:
         """Decode chunk i into `out` (uint8, its decoded size) and verify its checksum."""
         offs, sizes, csums, modes = self._columns()
         start = self.base + self.sections[SEC_PAYLOAD].offset + offs[i]
-        enc = self.buf[start:start + sizes[i]]
+        view = getattr(self.buf, "view", None)      # a file: into a reused buffer (no new bytes)
+        enc = view(start, start + sizes[i]) if view is not None else self.buf[start:start + sizes[i]]
         if modes[i] == MODE_RAW:
             if len(enc) != out.size:
                 raise FormatError(f"{self._chunk_where(i)}: raw chunk holds {len(enc)} bytes, expected {out.size}")
@@ -167,8 +168,12 @@ class Frame:
         sec = self.sections[sec_type]
         h = Hasher()
         start = self.base + sec.offset
+        view = getattr(self.buf, "view", None)     # a file: 1 MiB at a time into a reused buffer
+        if view is not None:
+            piece = min(piece, 1 << 20)
         for off in range(0, sec.length, piece):
-            h.update(self.buf[start + off:start + min(sec.length, off + piece)])
+            a, b = start + off, start + min(sec.length, off + piece)
+            h.update(view(a, b) if view is not None else self.buf[a:b])
         if h.intdigest() != sec.checksum:
             raise ChecksumError(f"{self.where}: {KNOWN_SECTIONS.get(sec_type, sec_type)} section checksum "
                                 f"mismatch (section at byte {start}, {sec.length} bytes)")
@@ -177,19 +182,8 @@ class Frame:
         """Yield decoded chunks in order; at most ~2*workers chunks are held at once. The payload
         checksum is checked first, or (verify_payload=False) only when a chunk fails, as in
         decode_frames."""
-        if verify_payload and SEC_PAYLOAD in self.sections:
-            self.verify_section(SEC_PAYLOAD)
-        codec = self.decoder() if self.chunk_count else None
-
-        def one(i: int) -> np.ndarray:
-            return self.decode_chunk(i, np.empty(self.chunk_decoded_size(i), np.uint8), codec)
-
-        try:
-            yield from _ordered_map(one, range(self.chunk_count), workers)
-        except (FormatError, ValueError):
-            if not verify_payload and SEC_PAYLOAD in self.sections:
-                self.verify_section(SEC_PAYLOAD)
-            raise
+        for _, chunk in iter_decoded_frames([self], workers, verify_payload):
+            yield chunk
 
     def decode(self, out: np.ndarray | None = None, workers: int = 1) -> np.ndarray:
         """Decode the whole frame into a flat uint8 array."""
@@ -201,6 +195,46 @@ class Frame:
         if c is None:
             c = self._decoder = self.codec
         return c
+
+
+def iter_decoded_frames(frames, workers: int = 1, verify_payload: bool = True) -> Iterator[tuple[Frame, np.ndarray]]:
+    """Yield (frame, decoded chunk) for every chunk of every frame, in order, with up to `workers`
+    threads decoding ahead (at most ~2*workers chunks held at once). One stream over all frames:
+    per frame, a model's many small frames each drained the look-ahead and left threads idle
+    (decompressing MiniLM with 2 workers was slower than with one). A frame's payload checksum
+    is checked before its chunks (verify_payload), or only when one of them fails, so that damage
+    is reported as such (a ChecksumError)."""
+    # tasks of consecutive chunks, at least _TASK_BYTES each where chunks are small: a pool task
+    # costs tens of microseconds of queueing and wake-ups, as much as decoding a small chunk
+    tasks: list[list] = [[]]
+    size = 0
+    for fr in frames:
+        steps = ([-1] if verify_payload and SEC_PAYLOAD in fr.sections else []) + list(range(fr.chunk_count))
+        for i in steps:
+            if size >= _TASK_BYTES:
+                tasks.append([])
+                size = 0
+            tasks[-1].append((fr, i))
+            size += fr.sections[SEC_PAYLOAD].length // 8 if i < 0 else fr.chunk_decoded_size(i)
+
+    def one(fr, i):
+        if i < 0:
+            fr.verify_section(SEC_PAYLOAD)
+            return None
+        try:
+            return fr.decode_chunk(i, np.empty(fr.chunk_decoded_size(i), np.uint8), fr.decoder())
+        except (FormatError, ValueError):
+            if not verify_payload and SEC_PAYLOAD in fr.sections:
+                fr.verify_section(SEC_PAYLOAD)
+            raise
+
+    for task, chunks in _ordered_map(lambda task: (task, [one(fr, i) for fr, i in task]), tasks, workers):
+        for (fr, _), chunk in zip(task, chunks):
+            if chunk is not None:
+                yield fr, chunk
+
+
+_TASK_BYTES = 1 << 20
 
 
 def decode_frames(frames, outs=None, workers: int = 1, verify_payload: bool = False) -> list[np.ndarray]:
@@ -546,7 +580,7 @@ def plan_frame(codec, dtype: str, shape, size: int, *, chunk_size: int | None = 
 def encode_chunk(plan: FramePlan, source, i: int) -> EncodedChunk:
     """Encode chunk i; a chunk whose coding does not shrink it is stored raw."""
     start, n = plan.chunk_range(i)
-    raw = source.read(start, n)
+    raw = source.read_scratch(start, n)     # encoded (or copied, if stored raw) before the next read
     # a codec may offer encode_buffer: the same bytes as encode, as a uint8 array (saves a copy
     # into a fresh bytes object, which costs page faults on every chunk)
     encode = getattr(plan.codec, "encode_buffer", None) or plan.codec.encode
@@ -625,6 +659,24 @@ def write_frame(fh, source, codec, dtype: str, shape, *, chunk_size: int | None 
     plan = plan_frame(codec, dtype, shape, source.size, chunk_size=chunk_size, extra_config=extra_config)
     encoded = _ordered_map(lambda i: encode_chunk(plan, source, i), range(plan.n_chunks), workers)
     return assemble_frame(fh, plan, encoded, progress)
+
+
+def encode_chunks(jobs, workers: int = 1) -> Iterator[EncodedChunk]:
+    """Every chunk of several frames, jobs = [(FramePlan, TensorSource)], encoded by up to
+    `workers` threads with bounded look-ahead and yielded in order: one stream over all frames
+    (per frame, a model's many small frames each drained the look-ahead and left threads idle),
+    in tasks of consecutive chunks of at least _TASK_BYTES where chunks are small."""
+    tasks: list[list] = [[]]
+    size = 0
+    for plan, source in jobs:
+        for i in range(plan.n_chunks):
+            if size >= _TASK_BYTES:
+                tasks.append([])
+                size = 0
+            tasks[-1].append((plan, source, i))
+            size += plan.chunk_range(i)[1]
+    for batch in _ordered_map(lambda task: [encode_chunk(p, src, i) for p, src, i in task], tasks, workers):
+        yield from batch
 
 
 def encode_frame(data, codec, dtype: str, shape, **kw) -> bytes:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,18 +44,31 @@ class Entry:
 # Writing
 # --------------------------------------------------------------------------------------
 class AtomicWriter:
-    """A temp file beside `path`, renamed over it on success and removed on failure."""
+    """A temp file beside `path`, renamed over it on success and removed on failure: readers see
+    the old file or the whole new one, never a part. sync=True also flushes the data to disk
+    before the rename (durable against a power cut); like zstd and gzip, the default leaves that
+    to the OS, as it costs the disk's write time (32 ms for 45 MB on the development machine, as
+    long as decompressing the file)."""
 
-    def __init__(self, path, overwrite: bool = False) -> None:
+    def __init__(self, path, overwrite: bool = False, sync: bool = False) -> None:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise FileExistsCodecError(f"{self.path} exists (use --force / overwrite=True to replace it)")
         self.overwrite = overwrite
+        self.sync = sync
         self.fh = None
 
     def __enter__(self):
         parent = self.path.parent if str(self.path.parent) else Path(".")
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
+        # created with mode 0o666 less the umask, as open() would (mkstemp's 0o600 made every
+        # output private to its owner)
+        while True:
+            self.tmp = str(parent / f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+            try:
+                fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+                break
+            except FileExistsError:
+                continue
         self.fh = os.fdopen(fd, "w+b")
         return self.fh
 
@@ -63,7 +76,8 @@ class AtomicWriter:
         try:
             if exc_type is None:
                 self.fh.flush()
-                os.fsync(self.fh.fileno())
+                if self.sync:
+                    os.fsync(self.fh.fileno())
             self.fh.close()
             if exc_type is None:
                 if self.path.exists() and not self.overwrite:  # appeared while we worked
@@ -246,6 +260,10 @@ def _validate_manifest(man, limit: int, where: str) -> list[Entry]:
     sha = man.get("original_sha256")
     if not isinstance(size, int) or size < 0 or not isinstance(sha, str) or len(sha) != 64:
         raise bad("lacks the original size or sha256")
+    x3 = man.get("original_xxh3")
+    if "original_xxh3" in man and not (isinstance(x3, str) and len(x3) == 16
+                                       and all(c in "0123456789abcdef" for c in x3)):
+        raise bad(f"original_xxh3 {x3!r:.40} is not 16 lowercase hex digits")
     lossy = man.get("lossy")
     if lossy is not None:
         dsha = lossy.get("decoded_sha256") if isinstance(lossy, dict) else None
