@@ -363,7 +363,7 @@ def cmd_pull(args, parser) -> int:
     if args.json:
         print(json.dumps(asdict(r), indent=2))
     elif not args.quiet:
-        done = (f"restored {len(r.restored)} file(s), sha256 verified" if args.decompress
+        done = (f"restored {len(r.restored)} file(s), each checked against its original" if args.decompress
                 else f"verified {len(r.verified)} .nnc file(s)")
         print(f"pulled {r.repo_id}@{r.commit_oid[:12]} -> {r.output}: {len(r.files)} files, {done}")
     return EXIT_OK

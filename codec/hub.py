@@ -14,7 +14,7 @@ deterministic, so pushing unchanged files again uploads nothing and creates no c
 
 `pull` lists the repo first (a repo without `.nnc` files is refused before anything is downloaded),
 downloads the snapshot with `snapshot_download` into a temporary folder beside `output`, verifies
-every `.nnc` file (every chunk checksum and the original's sha256), and with `decompress=True`
+every `.nnc` file (every chunk checksum and the original's XXH3, or sha256 in older files), and with `decompress=True`
 restores the original `*.safetensors` files. Only then are the files moved into `output`, so a
 failed pull leaves no half-written folder. With `decompress=True` the `.nnc` files are not placed in
 `output` (the folder then looks like the original model folder; `keep_compressed=True` keeps them).
@@ -452,7 +452,7 @@ def pull(repo_id: str, *, output=None, revision: str | None = None, decompress: 
                 if not path.is_file():
                     raise HubError(f"pull: {rel} is listed in {repo_id!r} but was not downloaded")
                 if decompress:
-                    # decompress_file checks every chunk and the original's sha256 before the rename
+                    # decompress_file checks every chunk and the whole original before the rename
                     decompress_file(path, path.with_name(path.name[:-len(NNC_SUFFIX)]), workers=workers,
                                     progress=progress)
                     result.restored.append(rel[:-len(NNC_SUFFIX)])
