@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .arrays import from_bytes, to_bytes_and_dtype, torch_aligned
-from .checksum import Hasher, hash_file, xxh3_hex
+from .checksum import Hasher, hash_file, whole_file_check, xxh3_hex
 from .errors import CodecError, FormatError
 from .policy import resolve
 
@@ -237,22 +237,9 @@ _MAX_PENDING = 8                # decoded chunks waiting for the writer (or sha2
 _MAX_PENDING_BYTES = 32 << 20   # and their bytes (beyond one chunk)
 
 
-def _whole_file_check(manifest: dict, sha256: bool):
-    """(name, hasher, expected hex digest) of the check a replay ends with: the dequantized file's
-    sha256 for a lossy file, else the original's XXH3-64 when the manifest records it (hashing at
-    memory speed, where sha256 runs at ~1.8 GB/s and bounded decompression), else or on request
-    (sha256=True) the original's sha256."""
-    lossy = manifest.get("lossy")
-    if lossy is not None:
-        return "sha256", hashlib.sha256(), lossy["decoded_sha256"]
-    if not sha256 and "original_xxh3" in manifest:
-        return "XXH3", Hasher(), manifest["original_xxh3"]
-    return "sha256", hashlib.sha256(), manifest["original_sha256"]
-
-
 def _replay(nf, path: Path, workers: int, progress: bool, verb: str, sink, sha256: bool = False):
     """Decode every entry in order into `sink` (or nowhere), then check the size and the whole
-    file's hash (_whole_file_check). Returns (bytes, name of the hash checked).
+    file's hash (checksum.whole_file_check). Returns (bytes, name of the hash checked).
 
     Writing runs on a background thread (file writes release the GIL), overlapping with the
     decoding of the next chunks; so does sha256 on a thread of its own (hashlib releases the GIL;
@@ -264,8 +251,9 @@ def _replay(nf, path: Path, workers: int, progress: bool, verb: str, sink, sha25
     from .formats.frame import iter_decoded_frames
 
     total = nf.manifest["original_size"]
-    kind, h, want = _whole_file_check(nf.manifest, sha256)
-    inline = kind == "XXH3"
+    kind, want = whole_file_check(nf.manifest, sha256)
+    inline = kind == "XXH3"     # memory speed: on this thread; sha256 (~1.8 GB/s) on its own
+    h = Hasher() if inline else hashlib.sha256()
     update = h.update
     frames, size = [], 0
     for entry in nf.entries:

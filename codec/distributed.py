@@ -4,19 +4,19 @@ The work of each file is cut into small, pure tasks that run wherever the execut
 
 compress, per input file
     plan      read the container header (safetensors / GGUF / opaque) -> pieces (offsets, dtypes)
-    sha256    hash the original (runs beside the encodes)
+    sha256    hash the original, sha256 and XXH3 (runs beside the encodes)
     fit       fit the codec of one big tensor, or of a batch of small ones -> JSON codec configs
     encode    one task per range of chunks of a piece: reads its byte range straight from storage
               (`os.pread`, or `fsspec` for URLs) and returns the encoded chunks
     assemble  one task per output: writes the `.nnc` to a temp name beside the output from the
               encoded chunks (Dask moves them worker to worker, never through the client),
-              verifies it (full decode, sha256 of the original), then renames it into place
+              verifies it (full decode, the original's XXH3), then renames it into place
 
 decompress, per `.nnc` file
     plan      validate the manifest and every frame header, pre-size a temp output file
     decode    one task per range of chunks: decode (each chunk's checksum checked) and `pwrite`
               into the temp file at its final offset (idempotent, so a retry is harmless)
-    finish    sha256 of the temp file against the manifest, then rename
+    finish    XXH3 (sha256 in older files) of the temp file against the manifest, then rename
 
 The client only sends names, offsets and codec configs, and receives small results (sizes,
 errors). Outputs are byte-identical to `codec.compress_file` / `decompress_file` for the same
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .checksum import whole_file_check
 from .errors import CodecError
 from .layout import FilePlan, InputBuffer, InputFile, Piece, fs_for, is_local, local_path, file_pieces, piece_codec
 
@@ -157,8 +158,9 @@ class DecodePlan:
     url: str
     tmp: str
     original_size: int
-    sha256: str
+    sha256: str       # the expected digest of the whole output, by `check`
     frames: list      # (frame offset, frame length, decoded offset, chunk_size, chunk_count, where)
+    check: str = "sha256"   # "XXH3" or "sha256" (checksum.whole_file_check)
 
 
 def _open_nnc(url: str):
@@ -178,7 +180,6 @@ def task_dplan(url: str, out: str) -> DecodePlan:
     nf, r = _open_nnc(url)
     try:
         man = nf.manifest
-        lossy = man.get("lossy")
         frames, pos = [], 0
         for e in nf.entries:
             fr = nf.frame(e)   # validates the header, and dtype/shape against the manifest
@@ -197,7 +198,8 @@ def task_dplan(url: str, out: str) -> DecodePlan:
     tmp = _tmp_name(out_p, "decompress")
     with open(tmp, "wb") as fh:
         fh.truncate(pos)
-    return DecodePlan(url, str(tmp), pos, lossy["decoded_sha256"] if lossy else man["original_sha256"], frames)
+    check, want = whole_file_check(man)
+    return DecodePlan(url, str(tmp), pos, want, frames, check)
 
 
 def task_decode(url: str, tmp: str, segments: list) -> int:
@@ -229,14 +231,13 @@ def task_decode(url: str, tmp: str, segments: list) -> int:
 
 
 def task_dfinish(plan: DecodePlan, out: str, overwrite: bool, *done) -> dict:
-    from .checksum import sha256_file
     from .errors import ChecksumError
 
     tmp = Path(plan.tmp)
     try:
-        got = sha256_file(tmp)
+        got = _file_digest(tmp, plan.check)
         if got != plan.sha256:
-            raise ChecksumError(f"{plan.url}: sha256 of the restored file is {got}, expected {plan.sha256}")
+            raise ChecksumError(f"{plan.url}: {plan.check} of the restored file is {got}, expected {plan.sha256}")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         _install(tmp, Path(out), overwrite)
@@ -277,16 +278,20 @@ def task_check_done(kind: str, url: str, out: str) -> str:
     nf, r = _open_nnc(url)
     try:
         man = nf.manifest
-        want = man["lossy"]["decoded_sha256"] if man.get("lossy") else man["original_sha256"]
+        check, want = whole_file_check(man)
         if out_p.stat().st_size != man["original_size"]:
             return "other"
     finally:
         nf.close()
         if r is not None:
             r.close()
-    from .checksum import sha256_file
+    return "done" if _file_digest(out_p, check) == want else "other"
 
-    return "done" if sha256_file(out_p) == want else "other"
+
+def _file_digest(path: Path, check: str) -> str:
+    from .checksum import sha256_file, xxh3_file
+
+    return xxh3_file(path) if check == "XXH3" else sha256_file(path)
 
 
 # --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +221,27 @@ def test_outputs_get_the_usual_permissions(small_safetensors, tmp_path):
         assert ((tmp_path / "p.safetensors").stat().st_mode & 0o777) == 0o644
     finally:
         os.umask(mask)
+
+
+def test_cluster_finish_checks_the_xxh3(compressed, tmp_path):
+    """The distributed decompress checks the restored file as decompress_file does (XXH3 where
+    the manifest has it, else sha256), and so does its re-run check."""
+    from codec.distributed import task_check_done, task_dfinish, task_dplan
+
+    src, nnc = compressed
+    out = tmp_path / "restored.safetensors"
+    plan = task_dplan(str(nnc), str(out))
+    assert plan.check == "XXH3"
+    Path(plan.tmp).write_bytes(src.read_bytes()[:-1] + bytes([src.read_bytes()[-1] ^ 1]))
+    with pytest.raises(codec.ChecksumError, match="XXH3 of the restored file"):
+        task_dfinish(plan, str(out), False)
+    assert not out.exists() and not Path(plan.tmp).exists()
+    plan = task_dplan(str(nnc), str(out))
+    Path(plan.tmp).write_bytes(src.read_bytes())
+    task_dfinish(plan, str(out), False)
+    assert sha256(out) == sha256(src)
+    assert task_check_done("decompress", str(nnc), str(out)) == "done"
+    out.write_bytes(src.read_bytes()[:-1] + bytes([src.read_bytes()[-1] ^ 1]))
+    assert task_check_done("decompress", str(nnc), str(out)) == "other"
+    rewrite_manifest(nnc, lambda m: m.pop("original_xxh3"))
+    assert task_dplan(str(nnc), str(tmp_path / "x")).check == "sha256"
