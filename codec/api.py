@@ -469,6 +469,7 @@ def inspect(path, *, entropy: bool = True, workers: int | None = None) -> dict:
             "path": str(path), "format_version": ".".join(map(str, man["format"])),
             "written_by": man["library"], "read_by": f"codec {__version__}",
             "container": man["container"], "original_size": man["original_size"],
-            "original_sha256": man["original_sha256"], "compressed_size": path.stat().st_size,
+            "original_sha256": man["original_sha256"],
+            "original_xxh3": man.get("original_xxh3"), "compressed_size": path.stat().st_size,
             "metadata": man.get("metadata"), "lossy": man.get("lossy"), "tensors": rows,
         }

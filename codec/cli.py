@@ -251,7 +251,8 @@ def cmd_inspect(args, parser) -> int:
     print(f"{info['path']}: format {info['format_version']}, written by {info['written_by']}, "
           f"read by {info['read_by']}")
     print(f"container {info['container']}, original {info['original_size']} bytes "
-          f"(sha256 {info['original_sha256'][:16]}...), compressed {info['compressed_size']} bytes "
+          f"(sha256 {info['original_sha256'][:16]}...{', XXH3 ' + info['original_xxh3'] if info.get('original_xxh3') else ''}), "
+          f"compressed {info['compressed_size']} bytes "
           f"= {100 * info['compressed_size'] / max(info['original_size'], 1):.2f} %")
     if info["metadata"]:
         print(f"metadata: {json.dumps(info['metadata'])[:200]}")
