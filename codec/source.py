@@ -67,7 +67,9 @@ class FileRangeSource(TensorSource):
         reading a model's chunks that way took half as long as encoding them."""
         buf = getattr(_scratch, "buf", None)
         if buf is None or buf.size < n:
-            buf = _scratch.buf = np.empty(max(n, 1 << 20), np.uint8)
+            buf = np.empty(max(n, 1 << 20), np.uint8)
+            if n <= _SCRATCH_KEEP:      # a huge chunk's buffer is not kept for the thread's lifetime
+                _scratch.buf = buf
         out = buf[:n]
         self._read_into(memoryview(out), offset)
         return out
@@ -82,3 +84,4 @@ class FileRangeSource(TensorSource):
 
 
 _scratch = threading.local()
+_SCRATCH_KEEP = 16 << 20

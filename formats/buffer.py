@@ -12,6 +12,7 @@ import threading
 from ..errors import TruncatedError
 
 _scratch = threading.local()
+SCRATCH_KEEP = 16 << 20      # per-thread read buffers up to this size are reused
 
 
 class PreadBuffer:
@@ -43,7 +44,9 @@ class PreadBuffer:
         n = max(0, stop - start)
         buf = getattr(_scratch, "buf", None)
         if buf is None or len(buf) < n:
-            buf = _scratch.buf = bytearray(max(n, 1 << 20))
+            buf = bytearray(max(n, 1 << 20))
+            if n <= SCRATCH_KEEP:       # a huge chunk's buffer is not kept for the thread's lifetime
+                _scratch.buf = buf
         mv = memoryview(buf)[:n]
         got = 0
         while got < n:

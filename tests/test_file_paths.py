@@ -245,3 +245,32 @@ def test_cluster_finish_checks_the_xxh3(compressed, tmp_path):
     assert task_check_done("decompress", str(nnc), str(out)) == "other"
     rewrite_manifest(nnc, lambda m: m.pop("original_xxh3"))
     assert task_dplan(str(nnc), str(tmp_path / "x")).check == "sha256"
+
+
+def test_huge_reads_are_not_kept_per_thread(tmp_path, monkeypatch):
+    """A read past the keep limit gets a buffer of its own, freed with it (a pool thread lives on)."""
+    import codec.formats.buffer as fb
+    import codec.source as cs
+
+    monkeypatch.setattr(fb, "SCRATCH_KEEP", 1 << 20)
+    monkeypatch.setattr(cs, "_SCRATCH_KEEP", 1 << 20)
+    monkeypatch.setattr(fb, "_scratch", type(fb._scratch)())     # this thread's buffers: none yet
+    monkeypatch.setattr(cs, "_scratch", type(cs._scratch)())
+    data = np.random.default_rng(2).integers(0, 256, 3 << 20, dtype=np.uint8)
+    path = tmp_path / "blob"
+    path.write_bytes(data.tobytes())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        src = FileRangeSource(fd, 0, data.size)
+        small = src.read_scratch(0, 1000)
+        big = src.read_scratch(0, 2 << 20)
+        assert big.tobytes() == data[:2 << 20].tobytes()
+        assert not np.shares_memory(small, big)
+        assert np.shares_memory(small, src.read_scratch(10, 1000))     # the kept one, still
+        buf = PreadBuffer(fd)
+        v = buf.view(0, 1000)
+        vb = buf.view(0, 2 << 20)
+        assert bytes(vb) == data[:2 << 20].tobytes()
+        assert bytes(buf.view(5, 10)) == data[5:10].tobytes() and bytes(v[:5]) == data[5:10].tobytes()
+    finally:
+        os.close(fd)
