@@ -255,13 +255,16 @@ def _replay(nf, path: Path, workers: int, progress: bool, verb: str, sink, sha25
     inline = kind == "XXH3"     # memory speed: on this thread; sha256 (~1.8 GB/s) on its own
     h = Hasher() if inline else hashlib.sha256()
     update = h.update
-    frames, size = [], 0
-    for entry in nf.entries:
-        frame = nf.frame(entry)
-        size += frame.decoded_size
-        if size > total:
-            raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
-        frames.append(frame)
+
+    def frames():       # parsed as their turn comes: memory does not grow with their number
+        size = 0
+        for entry in nf.entries:
+            frame = nf.frame(entry)
+            size += frame.decoded_size
+            if size > total:
+                raise FormatError(f"{frame.where}: decodes past the recorded original size {total}")
+            yield frame
+
     bar = _progress(total, f"{verb} {path.name}", progress)
     done = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec-hash") as hasher, \
@@ -272,7 +275,7 @@ def _replay(nf, path: Path, workers: int, progress: bool, verb: str, sink, sha25
         held = 0
         # writing is CPU work too (copying into the page cache, ~3 GB/s): it gets a core of its own
         decoders = max(1, workers - 1) if sink is not None else workers
-        for _, chunk in iter_decoded_frames(frames, decoders, verify_payload=verb == "verify"):
+        for _, chunk in iter_decoded_frames(frames(), decoders, verify_payload=verb == "verify"):
             while pending and (len(pending) >= _MAX_PENDING or held > _MAX_PENDING_BYTES):
                 n, futs = pending.popleft()
                 for fut in futs:

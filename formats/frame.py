@@ -11,6 +11,7 @@ import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Callable, Iterator
 
 import numpy as np
@@ -204,8 +205,8 @@ def iter_decoded_frames(frames, workers: int = 1, verify_payload: bool = True) -
     (decompressing MiniLM with 2 workers was slower than with one). A frame's payload checksum
     is checked before its chunks (verify_payload), or only when one of them fails, so that damage
     is reported as such (a ChecksumError)."""
-    steps = [(fr, i) for fr in frames
-             for i in ([-1] if verify_payload and SEC_PAYLOAD in fr.sections else []) + list(range(fr.chunk_count))]
+    steps = ((fr, i) for fr in frames
+             for i in ([-1] if verify_payload and SEC_PAYLOAD in fr.sections else []) + list(range(fr.chunk_count)))
     # hashing a payload runs at ~25 GB/s, decoding at ~3: weighed as an eighth of its bytes
     tasks = _tasks(steps, lambda t: t[0].sections[SEC_PAYLOAD].length // 8 if t[1] < 0 else t[0].chunk_decoded_size(t[1]))
 
@@ -229,19 +230,19 @@ def iter_decoded_frames(frames, workers: int = 1, verify_payload: bool = True) -
 _TASK_BYTES = 1 << 20
 
 
-def _tasks(items: list, size_of: Callable) -> list[list]:
+def _tasks(items, size_of: Callable) -> Iterator[list]:
     """Consecutive items grouped into tasks of at least _TASK_BYTES (by size_of) where items are
     small: a pool task costs tens of microseconds of queueing and wake-ups, as much as coding a
-    small chunk."""
-    tasks: list[list] = [[]]
-    size = 0
+    small chunk. Lazy, as its input may be."""
+    task, size = [], 0
     for it in items:
-        if size >= _TASK_BYTES:
-            tasks.append([])
-            size = 0
-        tasks[-1].append(it)
+        task.append(it)
         size += size_of(it)
-    return tasks
+        if size >= _TASK_BYTES:
+            yield task
+            task, size = [], 0
+    if task:
+        yield task
 
 
 def decode_frames(frames, outs=None, workers: int = 1, verify_payload: bool = False) -> list[np.ndarray]:
@@ -356,19 +357,26 @@ def for_each(fn: Callable, items, workers: int) -> None:
 
 
 def _ordered_map(fn: Callable, items, workers: int) -> Iterator:
-    """map() over a thread pool with bounded look-ahead, results in order."""
-    items = list(items)
+    """map() over a thread pool with bounded look-ahead, results in order. `items` may be a
+    lazy iterable: it is read only as far as the look-ahead (a file's frames are parsed as
+    their turn comes, so memory does not grow with their number)."""
+    it = iter(items)
     # inline when there is nothing to overlap, or when called from one of the pool's own threads
     # (waiting there on tasks queued behind us could deadlock)
-    if workers <= 1 or len(items) <= 1 or getattr(_in_pool, "active", False):
-        for it in items:
-            yield fn(it)
+    if workers <= 1 or getattr(_in_pool, "active", False):
+        for x in it:
+            yield fn(x)
         return
     from collections import deque
 
+    first = list(islice(it, 2))
+    if len(first) <= 1:
+        for x in first:
+            yield fn(x)
+        return
+    it = chain(first, it)
     pool = _pool(workers)
     pending: deque = deque()
-    it = iter(items)
     try:
         for x in it:
             pending.append(pool.submit(fn, x))
@@ -376,8 +384,7 @@ def _ordered_map(fn: Callable, items, workers: int) -> Iterator:
                 break
         while pending:
             fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
+            for nxt in islice(it, 1):
                 pending.append(pool.submit(fn, nxt))
             yield fut.result()
     finally:
@@ -673,7 +680,7 @@ def encode_chunks(jobs, workers: int = 1) -> Iterator[EncodedChunk]:
     `workers` threads with bounded look-ahead and yielded in order: one stream over all frames
     (per frame, a model's many small frames each drained the look-ahead and left threads idle),
     in tasks of consecutive chunks of at least _TASK_BYTES where chunks are small."""
-    tasks = _tasks([(plan, source, i) for plan, source in jobs for i in range(plan.n_chunks)],
+    tasks = _tasks(((plan, source, i) for plan, source in jobs for i in range(plan.n_chunks)),
                    lambda t: t[0].chunk_range(t[2])[1])
     for batch in _ordered_map(lambda task: [encode_chunk(p, src, i) for p, src, i in task], tasks, workers):
         yield from batch

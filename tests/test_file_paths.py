@@ -274,3 +274,28 @@ def test_huge_reads_are_not_kept_per_thread(tmp_path, monkeypatch):
         assert bytes(buf.view(5, 10)) == data[5:10].tobytes() and bytes(v[:5]) == data[5:10].tobytes()
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_decode_stream_parses_frames_as_it_goes(workers, monkeypatch):
+    """Frames are pulled from the caller's iterable only as far as the look-ahead: decoding a
+    file parses its frames as their turn comes, so memory does not grow with their number."""
+    from codec.policy import resolve
+    from codec.source import ArraySource
+
+    monkeypatch.setattr("codec.formats.frame._TASK_BYTES", 128)
+    data = np.arange(256, dtype=np.uint8)
+    frame = encode_frame(ArraySource(data), resolve("auto", "U8", None).fit(ArraySource(data), "U8"), "U8", [256],
+                         chunk_size=64)
+    pulled = []
+
+    def frames():
+        for k in range(40):
+            pulled.append(k)
+            yield parse_frame(frame, where=f"frame {k}")
+
+    stream = iter_decoded_frames(frames(), workers, verify_payload=False)
+    fr, chunk = next(stream)
+    assert chunk.tobytes() == data[:64].tobytes()
+    assert len(pulled) <= 2 + 2 * workers        # 2 chunks per task, 2 * workers tasks ahead
+    assert sum(1 for _ in stream) == 40 * 4 - 1 and len(pulled) == 40
