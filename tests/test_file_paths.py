@@ -150,6 +150,8 @@ def test_decode_stream_over_frames_is_in_order(workers, verify_payload, monkeypa
     for k, data in enumerate(datas):
         back = np.concatenate(got[k]) if k in got else np.empty(0, np.uint8)
         assert back.tobytes() == data.tobytes()
+        one = list(parsed[k].iter_decoded(workers, verify_payload))       # one frame's own stream
+        assert b"".join(c.tobytes() for c in one) == data.tobytes()
     # damage in a middle frame's payload: reported for that frame, as damage (its checksum)
     bad = bytearray(frames[7])
     bad[-3] ^= 0x40
