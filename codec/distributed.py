@@ -655,7 +655,7 @@ def decompress_many(paths, client=None, *, output_dir=None, overwrite: bool = Fa
 
     Large files are decoded by many tasks, each writing its chunks in place into a temp file
     beside the output (so outputs must be on a path every worker can write: local or shared);
-    the sha256 of the original is checked before the rename.
+    the original's XXH3 (its sha256 in older files) is checked before the rename.
     """
     pairs = expand_paths(paths, "decompress", output_dir)
     return _run("decompress", pairs, client, workers, progress, overwrite, {"task_bytes": task_bytes})
