@@ -27,20 +27,44 @@ def xxh3_hex(value: int) -> str:
     return f"{value:016x}"
 
 
-def sha256_file(path, piece: int = 8 << 20) -> str:
-    """Hex sha256 of a file, read a piece at a time (hashlib releases the GIL on large pieces)."""
-    return hash_file(path, piece)[0]
+def digests(pieces, sha256: bool = True, xxh3: bool = True) -> tuple[str | None, str | None]:
+    """(hex sha256, hex XXH3-64) of the concatenated byte pieces, each only if asked for: the
+    manifest records both (the XXH3 is what readers check at memory speed; the sha256 names the
+    original, as a Hub LFS pointer does)."""
+    import hashlib
+
+    h = hashlib.sha256() if sha256 else None
+    x = xxhash.xxh3_64() if xxh3 else None
+    for data in pieces:
+        if h is not None:
+            h.update(data)
+        if x is not None:
+            x.update(data)
+    return (h.hexdigest() if h is not None else None), (xxh3_hex(x.intdigest()) if x is not None else None)
 
 
-def xxh3_file(path, piece: int = 8 << 20) -> str:
-    """Hex XXH3-64 of a file (as the manifest's `original_xxh3`), read a piece at a time."""
-    x = xxhash.xxh3_64()
+def file_pieces(path, piece: int = 8 << 20):
+    """A file's bytes, `piece` at a time, in one reused buffer (each piece is overwritten by the next)."""
     buf = bytearray(piece)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
-            x.update(view[:n])
-    return xxh3_hex(x.intdigest())
+            yield view[:n]
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file (hashlib releases the GIL on large pieces)."""
+    return digests(file_pieces(path), xxh3=False)[0]
+
+
+def xxh3_file(path) -> str:
+    """Hex XXH3-64 of a file, as the manifest's `original_xxh3`."""
+    return digests(file_pieces(path), sha256=False)[1]
+
+
+def hash_file(path) -> tuple[str, str]:
+    """(hex sha256, hex XXH3-64) of a file in one read."""
+    return digests(file_pieces(path))
 
 
 def whole_file_check(manifest: dict, sha256: bool = False) -> tuple[str, str]:
@@ -53,18 +77,3 @@ def whole_file_check(manifest: dict, sha256: bool = False) -> tuple[str, str]:
     if not sha256 and "original_xxh3" in manifest:
         return "XXH3", manifest["original_xxh3"]
     return "sha256", manifest["original_sha256"]
-
-
-def hash_file(path, piece: int = 8 << 20) -> tuple[str, str]:
-    """(hex sha256, hex XXH3-64) of a file in one read: the manifest records both (the XXH3 is
-    what readers check at memory speed; the sha256 names the original, as a Hub LFS pointer does)."""
-    import hashlib
-
-    h, x = hashlib.sha256(), xxhash.xxh3_64()
-    buf = bytearray(piece)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            x.update(view[:n])
-    return h.hexdigest(), xxh3_hex(x.intdigest())

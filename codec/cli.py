@@ -250,8 +250,10 @@ def cmd_inspect(args, parser) -> int:
         return EXIT_OK
     print(f"{info['path']}: format {info['format_version']}, written by {info['written_by']}, "
           f"read by {info['read_by']}")
-    print(f"container {info['container']}, original {info['original_size']} bytes "
-          f"(sha256 {info['original_sha256'][:16]}...{', XXH3 ' + info['original_xxh3'] if info.get('original_xxh3') else ''}), "
+    hashes = f"sha256 {info['original_sha256'][:16]}..."
+    if info.get("original_xxh3"):
+        hashes += f", XXH3 {info['original_xxh3']}"
+    print(f"container {info['container']}, original {info['original_size']} bytes ({hashes}), "
           f"compressed {info['compressed_size']} bytes "
           f"= {100 * info['compressed_size'] / max(info['original_size'], 1):.2f} %")
     if info["metadata"]:

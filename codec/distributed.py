@@ -29,7 +29,6 @@ valid; a file that fails is reported by name and the other files go on.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -58,20 +57,20 @@ def task_plan(url: str, codec, level, container: str = "auto") -> FilePlan:
 
 
 def task_sha256(url: str) -> tuple[str, str]:
-    """(sha256, XXH3-64) of the original, as hex: the manifest records both (codec.checksum.hash_file)."""
-    from .checksum import Hasher, xxh3_hex
+    """(sha256, XXH3-64) of the original, as hex: the manifest records both (checksum.digests)."""
+    from .checksum import digests
 
-    h, x = hashlib.sha256(), Hasher()
-    with InputFile(url) as r:
-        off = 0
-        while off < r.size:
-            data = r.pread(min(8 << 20, r.size - off), off)
-            if not data:
-                raise EOFError(f"{url}: ended at byte {off}, expected {r.size}")
-            h.update(data)
-            x.update(data)
-            off += len(data)
-    return h.hexdigest(), xxh3_hex(x.intdigest())
+    def pieces():
+        with InputFile(url) as r:
+            off = 0
+            while off < r.size:
+                data = r.pread(min(8 << 20, r.size - off), off)
+                if not data:
+                    raise EOFError(f"{url}: ended at byte {off}, expected {r.size}")
+                yield data
+                off += len(data)
+
+    return digests(pieces())
 
 
 def task_fit(url: str, pieces: list[Piece], codec, level) -> list[dict]:

@@ -5,11 +5,11 @@ for with `os.pread`, so memory stays bounded by chunk size times workers.
 """
 from __future__ import annotations
 
-import os
-import threading
 from typing import Iterator
 
 import numpy as np
+
+from .formats.buffer import ThreadScratch, pread_into
 
 
 class TensorSource:
@@ -63,25 +63,15 @@ class FileRangeSource(TensorSource):
         return np.frombuffer(buf, dtype=np.uint8)
 
     def read_scratch(self, offset: int, n: int) -> np.ndarray:
-        """read() into this thread's reused buffer: a new one per chunk cost page faults, and
-        reading a model's chunks that way took half as long as encoding them."""
-        buf = getattr(_scratch, "buf", None)
-        if buf is None or buf.size < n:
-            buf = np.empty(max(n, 1 << 20), np.uint8)
-            if n <= _SCRATCH_KEEP:      # a huge chunk's buffer is not kept for the thread's lifetime
-                _scratch.buf = buf
-        out = buf[:n]
-        self._read_into(memoryview(out), offset)
-        return out
+        """read() into this thread's reused buffer (formats.buffer.ThreadScratch)."""
+        view = _scratch.get(n)
+        self._read_into(view, offset)
+        return np.frombuffer(view, dtype=np.uint8)
 
     def _read_into(self, view: memoryview, offset: int) -> None:
-        n, got = len(view), 0
-        while got < n:
-            k = os.preadv(self.fd, [view[got:]], self.start + offset + got)
-            if k <= 0:
-                raise EOFError(f"file ended at byte {self.start + offset + got}, expected {n - got} more")
-            got += k
+        got = pread_into(self.fd, view, self.start + offset)
+        if got < len(view):
+            raise EOFError(f"file ended at byte {self.start + offset + got}, expected {len(view) - got} more")
 
 
-_scratch = threading.local()
-_SCRATCH_KEEP = 16 << 20
+_scratch = ThreadScratch()

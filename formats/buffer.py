@@ -11,8 +11,36 @@ import threading
 
 from ..errors import TruncatedError
 
-_scratch = threading.local()
 SCRATCH_KEEP = 16 << 20      # per-thread read buffers up to this size are reused
+
+
+class ThreadScratch(threading.local):
+    """A byte buffer per thread, reused from read to read: a new object per chunk cost page
+    faults, and reading a model's chunks that way took as long as coding them. A request past
+    SCRATCH_KEEP gets a buffer of its own, freed with it (pool threads live on)."""
+
+    def get(self, n: int) -> memoryview:
+        buf = getattr(self, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = bytearray(max(n, 1 << 20))
+            if n <= SCRATCH_KEEP:
+                self.buf = buf
+        return memoryview(buf)[:n]
+
+
+def pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill `view` from the file at `offset` (pread may return short reads); the bytes read,
+    fewer than len(view) only at the end of the file."""
+    got = 0
+    while got < len(view):
+        k = os.preadv(fd, [view[got:]], offset + got)
+        if k <= 0:
+            break
+        got += k
+    return got
+
+
+_scratch = ThreadScratch()
 
 
 class PreadBuffer:
@@ -37,23 +65,13 @@ class PreadBuffer:
         return data
 
     def view(self, start: int, stop: int) -> memoryview:
-        """Bytes [start, stop) read into this thread's scratch buffer, which the next view() on
-        the same thread overwrites: for a caller that is done with them before asking again (a
-        chunk's decode). A new bytes object per chunk cost page faults: reading a model's chunks
-        that way took as long as decoding them."""
-        n = max(0, stop - start)
-        buf = getattr(_scratch, "buf", None)
-        if buf is None or len(buf) < n:
-            buf = bytearray(max(n, 1 << 20))
-            if n <= SCRATCH_KEEP:       # a huge chunk's buffer is not kept for the thread's lifetime
-                _scratch.buf = buf
-        mv = memoryview(buf)[:n]
-        got = 0
-        while got < n:
-            k = os.preadv(self.fd, [mv[got:]], start + got)
-            if k <= 0:
-                raise TruncatedError(f"file ended at byte {start + got} while reading [{start}, {stop})")
-            got += k
+        """Bytes [start, stop) read into this thread's scratch buffer (ThreadScratch), which the
+        next view() on the same thread overwrites: for a caller that is done with them before
+        asking again (a chunk's decode)."""
+        mv = _scratch.get(max(0, stop - start))
+        got = pread_into(self.fd, mv, start)
+        if got < len(mv):
+            raise TruncatedError(f"file ended at byte {start + got} while reading [{start}, {stop})")
         return mv
 
 

@@ -255,9 +255,8 @@ def test_huge_reads_are_not_kept_per_thread(tmp_path, monkeypatch):
     import codec.source as cs
 
     monkeypatch.setattr(fb, "SCRATCH_KEEP", 1 << 20)
-    monkeypatch.setattr(cs, "_SCRATCH_KEEP", 1 << 20)
-    monkeypatch.setattr(fb, "_scratch", type(fb._scratch)())     # this thread's buffers: none yet
-    monkeypatch.setattr(cs, "_scratch", type(cs._scratch)())
+    monkeypatch.setattr(fb, "_scratch", fb.ThreadScratch())     # this thread's buffers: none yet
+    monkeypatch.setattr(cs, "_scratch", fb.ThreadScratch())
     data = np.random.default_rng(2).integers(0, 256, 3 << 20, dtype=np.uint8)
     path = tmp_path / "blob"
     path.write_bytes(data.tobytes())
