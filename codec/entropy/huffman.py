@@ -1063,11 +1063,10 @@ def _make_packed_tail(itemsize, lut_bits):
     return seg_finish
 
 
-def _packed_kernel_source(readers: int) -> str:
-    """Source of `_packed_factory_r<readers>(itemsize, umask, lut_bits)`, which returns the njit
-    kernel `decode_packed` (below) for that many segments decoded interleaved; it calls the global
-    `seg_finish` of the namespace it is executed in. Generated because each reader's state must be
-    named variables, kept in registers, not arrays."""
+def _rounds_source(readers: int) -> str:
+    """Source of `_rounds_factory_r<readers>(itemsize, umask, lut_bits)`, which returns the njit
+    function `rounds` (below): the interleaved lookups of `readers` segments. Generated because
+    each reader's state must be named variables, kept in registers, not arrays."""
     R = range(readers)
 
     def each(fmt, indent):
@@ -1095,25 +1094,13 @@ def _packed_kernel_source(readers: int) -> str:
                                         len_count, max_len, lut_bits)
                 _shift_range(out, o{j} - 1, o{j}, shift)
 """ for j in R)
-    tails = "".join(f"""\
-        {"" if j == 0 else "if st == OK:"}
-            st = seg_finish(src, pos{j}, o{j}, e{j}, seg_bits[{j + 1}], out, packed, shift, sorted_syms,
-                            first_code, first_index, len_count, max_len)
-""" for j in R).replace("        \n            st =", "        st =")
     return f"""\
-def _packed_factory_r{readers}(itemsize, umask, lut_bits):
-    @njit_named(f"_decode_packed_r{readers}_b{{itemsize}}_u{{umask}}_l{{lut_bits}}")
-    def decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, sorted_syms, first_code,
-                      first_index, len_count, max_len):
+def _rounds_factory_r{readers}(itemsize, umask, lut_bits):
+    @njit_named(f"_rounds_r{readers}_b{{itemsize}}_u{{umask}}_l{{lut_bits}}")
+    def rounds(src, sel, pos, o, e, out, packed, shift, pf, pf_end, sorted_syms, first_code, first_index,
+               len_count, max_len):
+        # segments sel[0..{readers - 1}], each at bit pos[i] and output o[i] of its end e[i] (updated)
         nbytes = src.shape[0]
-        n = out.shape[0]
-        if (seg_bits.shape[0] != {readers + 1} or seg_out.shape[0] != {readers + 1} or seg_bits[0] != 0
-                or seg_out[0] != 0 or seg_out[{readers}] != n or seg_bits[{readers}] > 8 * nbytes
-                or packed.shape[0] != (1 << lut_bits) or src.strides[0] != 1 or out.strides[0] != itemsize):
-            return ERR_SEGMENTS
-        for j in range({readers}):
-            if seg_bits[j + 1] < seg_bits[j] or seg_out[j + 1] < seg_out[j]:
-                return ERR_SEGMENTS
         lim = 8 * (nbytes - 8)          # a full 8-byte load at bit pos needs pos <= lim
         sh = np.uint64(64 - lut_bits)
         one = np.uint64(1)
@@ -1123,14 +1110,11 @@ def _packed_factory_r{readers}(itemsize, umask, lut_bits):
         s3 = np.uint64(3)
         adv = np.uint64(16 if itemsize == 2 else 8)     # the entry's byte count field
         size = np.uint64(itemsize)
-{each("pos{j} = seg_bits[{j}]", 8)}{each("o{j} = seg_out[{j}]", 8)}{each("e{j} = seg_out[{k}]", 8)}\
+{each("i{j} = sel[{j}]", 8)}{each("pos{j} = pos[i{j}]", 8)}{each("o{j} = o[i{j}]", 8)}\
+{each("e{j} = e[i{j}]", 8)}\
         sb = _addr(src)
         ob = _addr(out)
-        pf = _addr(ahead)
-        if n >= 8 * packed.shape[0]:        # a cold table costs a miss per line: fetch it up front
-            tb = _addr(packed)
-            for q in range(0, 8 * packed.shape[0], 64):
-                _prefetch(tb + np.uint64(q))
+        st = OK
         while True:
             # a round writes <= 16 outputs per segment (4 stores of 4 lanes) and consumes
             # <= 4 * lut_bits bits
@@ -1154,17 +1138,91 @@ def _packed_factory_r{readers}(itemsize, umask, lut_bits):
                     break
 {each("t{j} = _ctz64(b{j})", 16)}{each("p{j} += t{j} >> s3", 16)}\
 {each("b{j} = (_load_be64_at(p{j}) | one) << (t{j} & m7)", 16)}\
-                _prefetch(pf)
-                pf += np.uint64(64)
+                if pf < pf_end:
+                    _prefetch(pf)
+                    _prefetch(pf + np.uint64(64))
+                    _prefetch(pf + np.uint64(128))
+                    _prefetch(pf + np.uint64(192))
+                    pf += np.uint64(256)
 {each("pos{j} = np.int64(np.uint64(8) * (p{j} - sb) + _ctz64(b{j}))", 12)}\
 {each("o{j} = np.int64((w{j} - ob) // size)", 12)}\
             # a code longer than the table (rare): one canonical step, its symbol shifted into place
-            st = OK
 {slow_steps}\
             if st != OK:
-                return st
+                break
+{each("pos[i{j}] = pos{j}", 8)}{each("o[i{j}] = o{j}", 8)}\
+        return st, pf
+    return rounds
+"""
+
+
+# Segments end unevenly where a chunk's statistics drift: each segment holds the same number of
+# symbols, so a segment of short codes runs out of rounds first. Once the interleaved rounds stop,
+# segments with at least this many outputs left go on 3 or 2 at a time instead of alone.
+_REGROUP_MIN = 64
+
+
+def _packed_kernel_source(readers: int) -> str:
+    """Source of `_packed_factory_r<readers>(itemsize, umask, lut_bits)`, which returns the njit
+    kernel `decode_packed` (see _make_packed_kernel) for that many segments. It calls the globals
+    of the namespace it is executed in: `rounds_all` (all segments' interleaved rounds), `rounds3`
+    and `rounds2` (3 or 2 of them) and `seg_finish` (one segment alone, to its end)."""
+    return f"""\
+def _packed_factory_r{readers}(itemsize, umask, lut_bits):
+    @njit_named(f"_decode_packed_r{readers}_b{{itemsize}}_u{{umask}}_l{{lut_bits}}")
+    def decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, sorted_syms, first_code,
+                      first_index, len_count, max_len):
+        nbytes = src.shape[0]
+        n = out.shape[0]
+        if (seg_bits.shape[0] != {readers + 1} or seg_out.shape[0] != {readers + 1} or seg_bits[0] != 0
+                or seg_out[0] != 0 or seg_out[{readers}] != n or seg_bits[{readers}] > 8 * nbytes
+                or packed.shape[0] != (1 << lut_bits) or src.strides[0] != 1 or out.strides[0] != itemsize):
+            return ERR_SEGMENTS
+        for j in range({readers}):
+            if seg_bits[j + 1] < seg_bits[j] or seg_out[j + 1] < seg_out[j]:
+                return ERR_SEGMENTS
+        lim = 8 * (nbytes - 8)
+        pos = seg_bits[:{readers}].copy()
+        o = seg_out[:{readers}].copy()
+        e = seg_out[1:].copy()
+        sel = np.arange({readers})
+        pf = _addr(ahead)
+        pf_end = pf + np.uint64(ahead.shape[0])
+        if n >= 8 * packed.shape[0]:        # a cold table costs a miss per line: fetch it up front
+            tb = _addr(packed)
+            for q in range(0, 8 * packed.shape[0], 64):
+                _prefetch(tb + np.uint64(q))
+        st, pf = rounds_all(src, sel, pos, o, e, out, packed, shift, pf, pf_end, sorted_syms, first_code,
+                            first_index, len_count, max_len)
+        # segments still far from their ends: the 3 (then 2) with the most left, interleaved, until
+        # one of them nears its end (each call ends one, so this loop runs at most {readers} times)
+        while st == OK:
+            k = 0
+            for j in range({readers}):
+                if e[j] - o[j] >= _REGROUP_MIN and pos[j] + 4 * lut_bits <= lim:
+                    sel[k] = j
+                    k += 1
+            if k < 2:
+                break
+            for a in range(1, k):       # most outputs left first (insertion sort of <= {readers})
+                x = sel[a]
+                b = a - 1
+                while b >= 0 and e[sel[b]] - o[sel[b]] < e[x] - o[x]:
+                    sel[b + 1] = sel[b]
+                    b -= 1
+                sel[b + 1] = x
+            if k >= 3:
+                st, pf = rounds3(src, sel, pos, o, e, out, packed, shift, pf, pf_end, sorted_syms, first_code,
+                                 first_index, len_count, max_len)
+            else:
+                st, pf = rounds2(src, sel, pos, o, e, out, packed, shift, pf, pf_end, sorted_syms, first_code,
+                                 first_index, len_count, max_len)
         # the tails: each segment alone, from the same table (outputs in place)
-{tails}\
+        for j in range({readers}):
+            if st != OK:
+                break
+            st = seg_finish(src, pos[j], o[j], e[j], seg_bits[j + 1], out, packed, shift, sorted_syms,
+                            first_code, first_index, len_count, max_len)
         return st
     return decode_packed
 """
@@ -1201,8 +1259,23 @@ def _make_packed_kernel(itemsize, umask, lut_bits, readers=4):
     registers and lose all of that (/tmp script, best of 20)."""
     ns = dict(globals())
     ns["seg_finish"] = _make_packed_tail(itemsize, lut_bits)
+    for name, r in (("rounds_all", readers), ("rounds3", 3), ("rounds2", 2)):
+        ns[name] = _rounds(itemsize, umask, lut_bits, r)
     exec(compile(_packed_kernel_source(readers), __file__, "exec"), ns)   # noqa: S102 (our own text)
     return ns[f"_packed_factory_r{readers}"](itemsize, umask, lut_bits)
+
+
+_ROUNDS: dict = {}
+
+
+def _rounds(itemsize, umask, lut_bits, readers):
+    """The interleaved rounds of `readers` segments (_rounds_source), one per specialization."""
+    key = (itemsize, umask, lut_bits, readers)
+    if key not in _ROUNDS:
+        ns = dict(globals())
+        exec(compile(_rounds_source(readers), __file__, "exec"), ns)   # noqa: S102 (our own text)
+        _ROUNDS[key] = ns[f"_rounds_factory_r{readers}"](itemsize, umask, lut_bits)
+    return _ROUNDS[key]
 
 
 
