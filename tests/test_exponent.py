@@ -314,3 +314,15 @@ def test_chunk_decoder_of_another_kind_refuses():
     assert ex._chunk_decoder(c.segments, False, 1)(*args) == OK and np.array_equal(v16, v)
     assert ex._chunk_decoder(c.segments, True, 1)(*args) == ERR_SEGMENTS
     assert ex._chunk_decoder(c.segments, False, 2)(*args) == ERR_SEGMENTS
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_drifting_chunk_decodes(k):
+    # exponents near-constant in the chunk's first sixth, spread out after: the 16-bit packed
+    # kernel's segments end far apart and the unfinished ones are regrouped; same values
+    n = 1 << 17
+    rng = np.random.default_rng(k)
+    scale = np.repeat(np.array([1.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0]), -(-n // 6))[:n]
+    v = bf16_of((rng.normal(0, 1, n) * scale).astype(np.float32))
+    v[:n // 6] = v[0]
+    roundtrip(v, Exponent(mantissa_bits=k), chunk=2 * n)

@@ -217,9 +217,9 @@ def test_block_packed_kernel_long_codes_and_corruption(n, nseg):
 @pytest.mark.parametrize("nseg", [4, 6])
 def test_block_uneven_segments_finish_alone(nseg):
     # segment 0 codes short symbols (16 outputs a round), the others long codes (~4 a round): the
-    # 4-reader rounds stop when segment 0 nears its end and each other segment finishes most of
-    # its outputs alone, through whole lookups, canonical steps for codes past the table, and
-    # single codes at the very end
+    # interleaved rounds stop when segment 0 nears its end, the others go on 2 at a time, and
+    # each finishes alone, through whole lookups, canonical steps for codes past the
+    # table, and single codes at the very end
     rng = np.random.default_rng(7)
     n = 400_000
     data = np.minimum(rng.geometric(0.3, n), 60).astype(np.uint8)
@@ -231,6 +231,32 @@ def test_block_uneven_segments_finish_alone(nseg):
     assert H.block_decoder(nseg, out.size)(blk, out, blk) == H.BLK_OK
     assert np.array_equal(out, data)
     assert np.array_equal(np.frombuffer(ref.huffman_block_decode(blk.tobytes(), n, nseg), np.uint8), data)
+
+
+@pytest.mark.parametrize("nseg", [4, 6])
+@pytest.mark.parametrize("n", [60_000, 300_000])
+def test_block_drifting_segments_regroup(n, nseg):
+    # every segment holds the same number of symbols, but each one's codes are longer than the
+    # last one's (statistics that drift along a chunk): the interleaved rounds stop when segment 0
+    # nears its end, the others go on 2 at a time (codes past the table among them),
+    # and each finishes alone. 11- and 12-bit tables.
+    rng = np.random.default_rng(n + nseg)
+    data = np.empty(n, np.uint8)
+    for j in range(nseg):
+        lo, hi = (j * n) // nseg, ((j + 1) * n) // nseg
+        data[lo:hi] = np.minimum(rng.geometric(0.9 / (j + 1), hi - lo) - 1, 90)
+    blk = np.frombuffer(H.encode_block(data, nseg=nseg), np.uint8)
+    assert H.unpack_lengths(blk[4:], "t")[0].max() > 12
+    out = np.empty(n, np.uint8)
+    assert H.block_decoder(nseg, n)(blk, out, blk) == H.BLK_OK
+    assert np.array_equal(out, data)
+    assert np.array_equal(np.frombuffer(ref.huffman_block_decode(blk.tobytes(), n, nseg), np.uint8), data)
+    for _ in range(40):     # corrupt bitstreams or segment starts: an error or some output, never a crash
+        bad = blk.copy()
+        for _ in range(int(rng.integers(1, 4))):
+            i = int(rng.integers(4, bad.size))
+            bad[i] ^= np.uint8(1 << int(rng.integers(0, 8)))
+        H.block_decoder(nseg, n)(bad, out, bad)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -1158,15 +1158,15 @@ def _rounds_factory_r{readers}(itemsize, umask, lut_bits):
 
 # Segments end unevenly where a chunk's statistics drift: each segment holds the same number of
 # symbols, so a segment of short codes runs out of rounds first. Once the interleaved rounds stop,
-# segments with at least this many outputs left go on 3 or 2 at a time instead of alone.
+# segments with at least this many outputs left go on 2 at a time instead of alone.
 _REGROUP_MIN = 64
 
 
 def _packed_kernel_source(readers: int) -> str:
     """Source of `_packed_factory_r<readers>(itemsize, umask, lut_bits)`, which returns the njit
     kernel `decode_packed` (see _make_packed_kernel) for that many segments. It calls the globals
-    of the namespace it is executed in: `rounds_all` (all segments' interleaved rounds), `rounds3`
-    and `rounds2` (3 or 2 of them) and `seg_finish` (one segment alone, to its end)."""
+    of the namespace it is executed in: `rounds_all` (all segments' interleaved rounds), `rounds2`
+    (2 of them) and `seg_finish` (one segment alone, to its end)."""
     return f"""\
 def _packed_factory_r{readers}(itemsize, umask, lut_bits):
     @njit_named(f"_decode_packed_r{readers}_b{{itemsize}}_u{{umask}}_l{{lut_bits}}")
@@ -1194,11 +1194,15 @@ def _packed_factory_r{readers}(itemsize, umask, lut_bits):
                 _prefetch(tb + np.uint64(q))
         st, pf = rounds_all(src, sel, pos, o, e, out, packed, shift, pf, pf_end, sorted_syms, first_code,
                             first_index, len_count, max_len)
-        # segments still far from their ends: the 3 (then 2) with the most left, interleaved, until
-        # one of them nears its end (each call ends one, so this loop runs at most {readers} times)
+        # segments still far from their ends: the 2 with the most left, interleaved, until one of
+        # them nears its end (each call ends one, so this loop runs at most {readers} times). A
+        # selected segment has room for a round (the rounds' own test), and a call that decodes
+        # nothing ends the loop, whatever the rounds do.
         while st == OK:
             k = 0
+            done = 0
             for j in range({readers}):
+                done += o[j]
                 if e[j] - o[j] >= _REGROUP_MIN and pos[j] + 4 * lut_bits <= lim:
                     sel[k] = j
                     k += 1
@@ -1211,12 +1215,10 @@ def _packed_factory_r{readers}(itemsize, umask, lut_bits):
                     sel[b + 1] = sel[b]
                     b -= 1
                 sel[b + 1] = x
-            if k >= 3:
-                st, pf = rounds3(src, sel, pos, o, e, out, packed, shift, pf, pf_end, sorted_syms, first_code,
-                                 first_index, len_count, max_len)
-            else:
-                st, pf = rounds2(src, sel, pos, o, e, out, packed, shift, pf, pf_end, sorted_syms, first_code,
-                                 first_index, len_count, max_len)
+            st, pf = rounds2(src, sel, pos, o, e, out, packed, shift, pf, pf_end, sorted_syms, first_code,
+                             first_index, len_count, max_len)
+            if o.sum() == done:
+                break
         # the tails: each segment alone, from the same table (outputs in place)
         for j in range({readers}):
             if st != OK:
@@ -1233,7 +1235,7 @@ def _make_packed_kernel(itemsize, umask, lut_bits, readers=4):
     interleaved, into outputs of `itemsize` bytes (1: uint8, 2: uint16) from packed tables (above)
     of 1 << lut_bits entries. umask = 63 where the entries' bits 4-5 are 0: the buffer shift then
     takes the entry as it is (x86 masks shift counts to 6 bits); else 15. The compile-time table
-    size and the prefetch pointer's lack of a bound keep what the hot loop needs in registers.
+    size keeps what the hot loop needs in registers.
 
     decode_packed(src, seg_bits, seg_out, out, packed, shift, ahead, sorted_syms, first_code,
     first_index, len_count, max_len) decodes into out (see Decoder.decode_segments); uint16
@@ -1241,26 +1243,32 @@ def _make_packed_kernel(itemsize, umask, lut_bits, readers=4):
     (shift 0). The other tables are the decoder's canonical ones (codes longer than the lookup).
     Returns a status.
 
-    `ahead` (uint8 array) is what the caller reads next: each round prefetches the next cache line
-    from its start on, so the compute-bound rounds pull it in from memory for free. Rounds may
-    outnumber its lines (exponent chunks: about 1.5 rounds per line for k = 1), so prefetches may
-    run past its end: harmless hints (a prefetch never faults), and in a frame's buffer that is
-    the next chunk.
+    `ahead` (uint8 array) is what the caller reads next: each round prefetches its next 4 cache
+    lines until its end, so the compute-bound rounds pull it in from memory for free. An F32
+    chunk's 3 raw planes are 3x its coded plane: a line per round covered a quarter of them, 4
+    took MiniLM FP32's 64K-value chunks from 42 to 39.5 us (cold memory, /tmp script); the bound
+    keeps a short `ahead` from prefetching the next chunk (which cost BF16 25-65 %).
 
     Rounds of 4 lookups per segment run while every segment has room for a round; a code longer
-    than the table leaves them for one canonical step; then each segment finishes alone
-    (_make_packed_tail) and must end exactly at its end bit.
+    than the table leaves them for one canonical step. Segments hold equal numbers of symbols,
+    not bits, so where a chunk's statistics drift one runs out of rounds long before the others:
+    those still at least _REGROUP_MIN outputs from their ends then go on 2 at a time, the ones
+    with the most left first (3 at a time were 5 % faster on drifting test data, for 1.4 s more
+    compilation per kernel). Then each segment finishes alone (_make_packed_tail) and must end
+    exactly at its end bit. On MiniLM FP32's position embeddings (codes of 4-6 bits in some
+    segments, 8-9 in others) the tails had been 3x the rounds: 167 to 73 us per plane.
 
     The source is generated per reader count, and executed once per kernel, in a namespace whose
-    `seg_finish` is that kernel's tail: numba's cache keys a kernel by its code and the values it
+    `seg_finish` is that kernel's tail and whose `rounds_all` and `rounds2` its rounds
+    (_rounds_source): numba's cache keys a kernel by its code and the values it
     closes over, so a closure over the tail (a dispatcher, which never pickles to the same bytes
     twice) missed the cache in every process. 4 readers are latency-bound on x86 (each lookup
     waits for the last one's shift); 6 run 14 % faster on MiniLM's BF16 exponents, 8 spill
     registers and lose all of that (/tmp script, best of 20)."""
     ns = dict(globals())
     ns["seg_finish"] = _make_packed_tail(itemsize, lut_bits)
-    for name, r in (("rounds_all", readers), ("rounds3", 3), ("rounds2", 2)):
-        ns[name] = _rounds(itemsize, umask, lut_bits, r)
+    ns["rounds_all"] = _rounds(itemsize, umask, lut_bits, readers)
+    ns["rounds2"] = _rounds(itemsize, umask, lut_bits, 2)
     exec(compile(_packed_kernel_source(readers), __file__, "exec"), ns)   # noqa: S102 (our own text)
     return ns[f"_packed_factory_r{readers}"](itemsize, umask, lut_bits)
 
