@@ -1255,8 +1255,9 @@ def _make_packed_kernel(itemsize, umask, lut_bits, readers=4):
     those still at least _REGROUP_MIN outputs from their ends then go on 2 at a time, the ones
     with the most left first (3 at a time were 5 % faster on drifting test data, for 1.4 s more
     compilation per kernel). Then each segment finishes alone (_make_packed_tail) and must end
-    exactly at its end bit. On MiniLM FP32's position embeddings (codes of 4-6 bits in some
-    segments, 8-9 in others) the tails had been 3x the rounds: 167 to 73 us per plane.
+    exactly at its end bit. On a chunk of MiniLM FP32's position embeddings (one segment
+    needing a third of the lookups of four others) the tails had been 3x slower per code than the
+    rounds: 167 to 73 us per plane.
 
     The source is generated per reader count, and executed once per kernel, in a namespace whose
     `seg_finish` is that kernel's tail and whose `rounds_all` and `rounds2` its rounds
