@@ -1693,15 +1693,21 @@ def _make_block_decoder(nseg, kind):
         first_code = np.zeros(MAX_CODE_LEN + 1, np.int64)
         first_index = np.zeros(MAX_CODE_LEN + 1, np.int64)
         len_count = np.zeros(MAX_CODE_LEN + 1, np.int64)
+        _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
         if not packed_kernel:
-            lut_sym = np.empty(1 << lut_bits, np.uint64)
+            # the generic kernel's tables, from the range builder's packed ones (the same entries:
+            # lanes from bit 32 on, the info word below): a per-entry build cost most of a small
+            # block's decode (4.7 us of a 384-symbol plane)
+            packed = np.empty(1 << lut_bits, np.uint64)
+            _build_packed_ranges(lengths, lut_bits, first_code, first_index, len_count, sorted_syms, packed,
+                                 False, 0)
             lut_sym8 = np.empty(1 << lut_bits, np.uint64)
             lut_info = np.empty(1 << lut_bits, np.uint16)
-            _build_decoder(lengths, lut_bits, lut_sym, lut_sym8, lut_info, sorted_syms, first_code,
-                           first_index, len_count)
+            for i in range(1 << lut_bits):
+                lut_sym8[i] = packed[i] >> np.uint64(32)
+                lut_info[i] = np.uint16(packed[i] & np.uint64(0xFFFF))
             return _decode_segments(buf[head:], seg_bits, seg_out, out, lut_sym8, lut_info, sorted_syms,
                                     first_code, first_index, len_count, BLOCK_MAX_LEN)
-        _canonical_tables(lengths, sorted_syms, first_code, first_index, len_count)
         packed = np.empty(1 << kind, np.uint64)
         _build_packed_ranges(lengths, kind, first_code, first_index, len_count, sorted_syms, packed, False, 0)
         return PACKED8_KERNELS[kernel](buf[head:], seg_bits, seg_out, out, packed, 0, ahead, sorted_syms,
