@@ -78,10 +78,15 @@ class Result:
         return self.original_size / 1e6 / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self, verb: str) -> str:
-        return (f"{verb} {self.input} -> {self.output}: {human_size(self.original_size)} -> "
-                f"{human_size(self.compressed_size)} (ratio {100 * self.ratio:.2f} %, "
-                f"{self.original_size / max(self.compressed_size, 1):.3f}x) in {self.seconds:.2f} s, "
-                f"{self.mb_per_s:.0f} MB/s")
+        """One line for the CLI; "decompressed" reads the sizes the other way round."""
+        sizes = [human_size(self.original_size), human_size(self.compressed_size)]
+        ratio = "ratio"
+        if verb == "decompressed":
+            sizes.reverse()
+            ratio = "from ratio"
+        return (f"{verb} {self.input} -> {self.output}: {sizes[0]} -> {sizes[1]} ({ratio} "
+                f"{100 * self.ratio:.2f} %, {self.original_size / max(self.compressed_size, 1):.3f}x) "
+                f"in {self.seconds:.2f} s, {self.mb_per_s:.0f} MB/s")
 
 
 def human_size(n: int) -> str:

@@ -211,7 +211,7 @@ def cmd_decompress(args, parser) -> int:
                             progress=_progress(args), sha256=args.sha256, sync=args.sync)
         results.append(r)
         if not args.json and not args.quiet:
-            print(r.summary("decompressed").replace(" (ratio", " (from ratio"))
+            print(r.summary("decompressed"))
     if args.json:
         print(json.dumps([_result_json(r) for r in results], indent=2))
     return EXIT_OK

@@ -53,7 +53,7 @@ def run_demo(folder=None, workers=None, progress=False) -> int:
     restored = folder / (src.stem + ".restored.safetensors")
     d = decompress_file(r.output, restored, workers=workers, overwrite=True, progress=progress)
     same = sha256_file(src) == sha256_file(restored)
-    print(d.summary("decompressed").replace(" (ratio", " (from ratio"))
+    print(d.summary("decompressed"))
     print(f"sha256 of restored file {'matches' if same else 'DIFFERS FROM'} the original")
     info = inspect(r.output, entropy=False)
     rows = sorted((t for t in info["tensors"] if t["role"] == "tensor"), key=lambda t: -t["bytes_before"])

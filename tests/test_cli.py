@@ -39,6 +39,10 @@ def test_compress_decompress_verify_inspect(small_safetensors, tmp_path, capsys)
     code, out, _ = run(capsys, "decompress", nnc)
     assert code == 0
     assert sha256(small_safetensors) == before
+    # sizes read in the direction of the work: compressed -> restored
+    from codec.api import human_size
+    sizes = f"{human_size(nnc.stat().st_size)} -> {human_size(small_safetensors.stat().st_size)} (from ratio"
+    assert sizes in out, out
     code, out, _ = run(capsys, "decompress", nnc, "-o", tmp_path / "again.safetensors", "--json")
     assert code == 0 and json.loads(out)[0]["original_size"] == small_safetensors.stat().st_size
 
