@@ -263,7 +263,8 @@ def test_block_drifting_segments_regroup(n, nseg):
 def test_range_builder_matches_entry_builder(seed):
     # _build_packed_ranges (block decoding) must give exactly the table of _build_decoder +
     # _build_packed8 (byte lanes) or _build_packed16 (16-bit lanes, symbols shifted), for complete
-    # and incomplete codes, short and long ones
+    # and incomplete codes, short and long ones; and the generic kernel's byte tables (small
+    # blocks) split from its entries
     rng = np.random.default_rng(seed)
     for trial in range(40):
         nsym = int(rng.integers(1, 257))
@@ -272,7 +273,7 @@ def test_range_builder_matches_entry_builder(seed):
         lengths = H.code_lengths(counts, 15)
         if trial % 3 == 0 and (lengths > 0).sum() > 2:
             lengths[np.flatnonzero(lengths)[0]] = 0      # a hole in the code space
-        for bits in (10, 11, 12):
+        for bits in (8, 10, 11, 12):
             lut_sym, lut_sym8, lut_info = (np.zeros(1 << bits, np.uint64), np.zeros(1 << bits, np.uint64),
                                            np.zeros(1 << bits, np.uint16))
             canon = [np.zeros(256, np.int64)] + [np.zeros(H.MAX_CODE_LEN + 1, np.int64) for _ in range(3)]
@@ -284,6 +285,9 @@ def test_range_builder_matches_entry_builder(seed):
             got = np.full(1 << bits, 0xDEAD, np.uint64)     # every entry must be written
             H._build_packed_ranges(lengths, bits, canon2[1], canon2[2], canon2[3], canon2[0], got, False, 0)
             assert np.array_equal(got, want)
+            # the generic kernel's tables, as small blocks derive them from the packed entries
+            assert np.array_equal(got >> np.uint64(32), lut_sym8)
+            assert np.array_equal((got & np.uint64(0xFFFF)).astype(np.uint16), lut_info)
             for shift in (6, 8):
                 want16 = np.empty(1 << bits, np.uint64)
                 H._build_packed16(lut_sym, lut_info, shift, want16)
