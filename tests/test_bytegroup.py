@@ -566,3 +566,26 @@ def test_drifting_chunk_decodes(dtype):
     c.decode(e, out)
     assert np.array_equal(out, b)
     assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), b.size), b)
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 4, 8])
+@pytest.mark.parametrize("rot", [0, 1, 3])
+def test_split_matches_numpy(itemsize, rot):
+    # the encoder's plane split (its vectorized paths for rotations 0 and 1, the scalar one for
+    # others) against numpy: plane b holds byte b of each element rotated left by rot bits
+    from codec.transforms.bytegroup import _split
+
+    rng = np.random.default_rng(itemsize * 10 + rot)
+    n = 1001
+    src = rng.integers(0, 256, itemsize * n + 3).astype(np.uint8)
+    planes = np.empty((itemsize, n), np.uint8)
+    _split(src, itemsize, rot, planes)
+    bits = 8 * itemsize
+    u = np.zeros(n, np.uint64)
+    for b in range(itemsize):
+        u |= src[b:itemsize * n:itemsize].astype(np.uint64) << np.uint64(8 * b)
+    if rot:
+        mask = np.uint64(2 ** bits - 1)
+        u = ((u << np.uint64(rot)) | (u >> np.uint64(bits - rot))) & mask
+    want = np.stack([((u >> np.uint64(8 * b)) & np.uint64(255)).astype(np.uint8) for b in range(itemsize)])
+    assert np.array_equal(planes, want)
