@@ -589,3 +589,18 @@ def test_split_matches_numpy(itemsize, rot):
         u = ((u << np.uint64(rot)) | (u >> np.uint64(bits - rot))) & mask
     want = np.stack([((u >> np.uint64(8 * b)) & np.uint64(255)).astype(np.uint8) for b in range(itemsize)])
     assert np.array_equal(planes, want)
+
+
+@pytest.mark.parametrize("rot", range(8))
+def test_one_byte_planes_merge_at_any_rotation(rot):
+    # 1-byte elements: the decoder's merge copies the plane when there is no rotation and rotates
+    # each byte right otherwise (the encoder rotated it left)
+    from codec.transforms.bytegroup import _merge
+
+    rng = np.random.default_rng(rot)
+    plane = rng.integers(0, 256, (1, 777)).astype(np.uint8)
+    out = np.empty(777, np.uint8)
+    _merge(plane, 1, rot, out)
+    v = plane[0].astype(np.uint16)
+    want = ((v >> rot) | (v << (8 - rot))) & 255 if rot else v
+    assert np.array_equal(out, want.astype(np.uint8))

@@ -123,6 +123,9 @@ def _merge(planes, s, rot, out):
     if s == 4:
         _merge4(planes[0], planes[1], planes[2], planes[3], rot, out)
         return
+    if s == 1 and rot == 0:     # one plane: a copy (the byte loop below took 1.2 ms per 512 KiB)
+        _copy_bytes(out[:n], planes[0])
+        return
     mask = np.uint64(0xFFFFFFFFFFFFFFFF) if bits == 64 else (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
     for i in range(n):
         v = np.uint64(0)
