@@ -566,6 +566,23 @@ def test_drifting_chunk_decodes(dtype):
     c.decode(e, out)
     assert np.array_equal(out, b)
     assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), b.size), b)
+    # flipped bits in the coded planes, where the regrouped rounds run: a codec error or some
+    # output, and never a byte written outside the output
+    s = c.itemsize
+    lens = [int.from_bytes(e[5 * p + 1:5 * p + 5], "little") for p in range(s)]
+    coded = [(5 * s + sum(lens[:p]), lens[p]) for p in range(s) if e[5 * p] in (1, 3)]
+    assert coded
+    guarded = np.full(b.size + 128, 0xA5, np.uint8)
+    for trial in range(40):
+        off, ln = coded[trial % len(coded)]
+        bad = bytearray(e)
+        for _ in range(int(rng.integers(1, 4))):
+            bad[off + int(rng.integers(0, ln))] ^= 1 << int(rng.integers(0, 8))
+        try:
+            c.decode(bytes(bad), guarded[64:64 + b.size])
+        except FormatError:
+            pass
+        assert (guarded[:64] == 0xA5).all() and (guarded[64 + b.size:] == 0xA5).all()
 
 
 @pytest.mark.parametrize("itemsize", [1, 2, 4, 8])
