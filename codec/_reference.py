@@ -137,6 +137,21 @@ def bytegroup_decode(payload: bytes, config: dict, n_bytes: int) -> np.ndarray:
                 raise FormatError("huffman7 plane shorter than its top-bit map")
             top = np.unpackbits(np.frombuffer(body[:nb8], np.uint8), bitorder="big")[:n]
             planes.append(huffman_block_decode(body[nb8:], n, nseg) | (top << 7).astype(np.uint8))
+        elif m == 4:
+            nb8 = (n + 7) // 8
+            if len(body) < 2:
+                raise FormatError("bits plane shorter than its mask and base")
+            mask, base = body[0], body[1]
+            qs = [q for q in range(8) if mask >> q & 1]
+            if len(body) != 2 + len(qs) * nb8 or mask & base:
+                raise FormatError("bits plane: wrong length or masked bits in its base")
+            plane = np.full(n, base, np.uint8)
+            for j, q in enumerate(qs):
+                bits = np.unpackbits(np.frombuffer(body[2 + j * nb8:2 + (j + 1) * nb8], np.uint8), bitorder="big")
+                if bits[n:].any():
+                    raise FormatError("bits plane: bits set past the plane's end")
+                plane |= (bits[:n] << q).astype(np.uint8)
+            planes.append(plane)
         else:
             raise FormatError("bad method")
     words = [0] * n

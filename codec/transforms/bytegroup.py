@@ -21,6 +21,15 @@ each chunk is stored with the best of three methods:
                 method 1, but 7-bit codes are shorter, so a lookup resolves more of them and the
                 plane decodes about 20 % faster. (Readers older than this method reject it as
                 an unknown method.)
+    4 bits      u8 mask m (the bits that vary across the plane), u8 base c (the bits that do
+                not, c & m == 0), then for each set bit q of m, lowest first, a map of ceil(n/8)
+                bytes: byte i's bit q at bit 7 - i % 8 of byte i // 8 (as huffman7's top bits),
+                the bits past n zero; byte i = c | its mapped bits. Exactly 2 + popcount(m) *
+                ceil(n/8) bytes. For planes with bits that never change: a constant plane (an
+                F32 upcast from BF16 has two) is 2 bytes, a plane of signs and zeros 1 bit per
+                byte, where Huffman codes cannot go below 1 bit per byte; unpacking runs at
+                memory speed. The writer takes it when it is no larger than the other methods.
+                (Readers older than this method reject it as an unknown method.)
 
 Chunk payload (n = decoded bytes // s, t = decoded bytes % s trailing bytes):
     s entries of 5 bytes: u8 method, u32 LE payload length   (plane 0 first)
@@ -47,8 +56,8 @@ from ..stats import StreamStat, byte_entropy_bits
 from ..entropy import huffman
 from ..entropy.zstd import compress_bytes, decompress_into
 
-RAW, HUFFMAN, ZSTD, HUFFMAN7 = 0, 1, 2, 3
-_METHOD_NAMES = {RAW: "raw", HUFFMAN: "huffman", ZSTD: "zstd", HUFFMAN7: "huffman7"}
+RAW, HUFFMAN, ZSTD, HUFFMAN7, BITS = 0, 1, 2, 3, 4
+_METHOD_NAMES = {RAW: "raw", HUFFMAN: "huffman", ZSTD: "zstd", HUFFMAN7: "huffman7", BITS: "bits"}
 DEFAULT_CHUNK = 1 << 18
 
 
@@ -286,6 +295,112 @@ def _or_top_bits(plane, bits):
         plane[i] |= (np.uint8(bits[i >> 3]) << np.uint8(i & 7)) & np.uint8(128)
 
 
+@nb.njit(nogil=True, cache=True, inline="always")
+def _spread8(b):
+    """Bit t of the byte b moved to bit 8 t (a big-endian store then puts bit 7 - i in byte i): the
+    multiply places 7 bits without carries, the top bit is moved alone. 4x faster than a table."""
+    x = np.uint64(b)
+    return (((x & np.uint64(0x7F)) * np.uint64(0x0002040810204081)) & np.uint64(0x0101010101010101)) \
+        | ((x >> np.uint64(7)) << np.uint64(56))
+
+
+@nb.njit(nogil=True, cache=True, inline="always")
+def _popcount8(x):
+    k = 0
+    for t in range(8):
+        k += (x >> t) & 1
+    return k
+
+
+@nb.njit(nogil=True, cache=True)
+def _bits_mask(counts):
+    """(m, c) of method 4 for a plane with byte histogram `counts`: the bits that vary among the
+    bytes present, and the value of the others."""
+    orv = 0
+    andv = 255
+    for b in range(256):
+        if counts[b]:
+            orv |= b
+            andv &= b
+    if orv == 0 and andv == 255:    # no bytes
+        andv = 0
+    return orv ^ andv, andv
+
+
+@nb.njit(nogil=True, cache=True)
+def _pack_map(plane, q, mp):
+    """mp[g] = bit q of plane[8 g .. 8 g + 7], first byte highest, for the whole groups of 8 (a
+    multiply gathers one bit of each byte of a big-endian word; a loop of its own, 4x faster)."""
+    sq = np.uint64(q)
+    for g in range(plane.shape[0] >> 3):
+        x = huffman._load_be64(plane, 8 * g)
+        mp[g] = np.uint8((((x >> sq) & np.uint64(0x0101010101010101)) * np.uint64(0x0102040810204080))
+                         >> np.uint64(56))
+
+
+@nb.njit(nogil=True, cache=True)
+def _pack_bits(plane, m, c, out, off):
+    """Method 4's body of `plane` at out[off:]: m, c, then the map of every set bit of m."""
+    n = plane.shape[0]
+    nb8 = (n + 7) // 8
+    out[off] = np.uint8(m)
+    out[off + 1] = np.uint8(c)
+    at = off + 2
+    for q in range(8):
+        if not (m >> q) & 1:
+            continue
+        _pack_map(plane, q, out[at:at + nb8])
+        if n & 7:
+            v = np.uint8(0)
+            for i in range(n & ~7, n):
+                v |= ((plane[i] >> np.uint8(q)) & np.uint8(1)) << np.uint8(7 - (i & 7))
+            out[at + (n >> 3)] = v
+        at += nb8
+
+
+@nb.njit(nogil=True, cache=True)
+def _unpack_map(mp, plane, fill, q, first):
+    """plane[8 g .. 8 g + 7] = (fill, or those bytes if not first) | the bits of mp[g] at bit q,
+    for the whole groups of 8: a loop of its own (inside the caller's loop it ran 4x slower; 4
+    maps in one pass ran slower than 4 passes of one, a constant shift per bit no faster)."""
+    sq = np.uint64(q)
+    if first:
+        for g in range(plane.shape[0] >> 3):
+            huffman._store_be64(plane, 8 * g, fill | (_spread8(mp[g]) << sq))
+    else:
+        for g in range(plane.shape[0] >> 3):
+            huffman._store_be64(plane, 8 * g, huffman._load_be64(plane, 8 * g) | (_spread8(mp[g]) << sq))
+
+
+@nb.njit(nogil=True, cache=True)
+def _unpack_bits(body, plane):
+    """Decode method 4's body (its length and c & m == 0 checked by the caller) into plane:
+    0, or 1 if a map has bits set past n."""
+    n = plane.shape[0]
+    nb8 = (n + 7) // 8
+    m = body[0]
+    c = np.uint8(body[1])
+    n8 = n >> 3
+    first = True
+    at = 2
+    for q in range(8):
+        if not (m >> q) & 1:
+            continue
+        mp = body[at:at + nb8]
+        if n & 7 and mp[nb8 - 1] & np.uint8(0xFF >> (n & 7)):
+            return 1
+        _unpack_map(mp, plane, np.uint64(c) * np.uint64(0x0101010101010101), q, first)
+        for i in range(8 * n8, n):
+            bit = ((mp[n8] >> np.uint8(7 - (i & 7))) & np.uint8(1)) << np.uint8(q)
+            plane[i] = (c if first else plane[i]) | bit
+        first = False
+        at += nb8
+    if first:           # m == 0: a constant plane
+        for i in range(n):
+            plane[i] = c
+    return 0
+
+
 # Chunks of 2-byte elements with at least this many values count their planes with one 64K-entry
 # histogram of the whole (rotated) value: one increment per value instead of one per plane byte,
 # 1.5x faster on a 512 KiB chunk; below it, zeroing the 256 KiB of counters costs more.
@@ -318,8 +433,9 @@ def _count16(v16, rot, hist, counts):
 @nb.njit(nogil=True, cache=True)
 def _plan(chunk, v16, s, rot, planes, hist, counts, sizes, lengths, low7, methods, lens, nseg):
     """The analysis half of encoding a chunk, in one compiled call: split into planes, count, size
-    every plane's Huffman and huffman7 blocks, and pick per plane the smallest of raw, huffman and
-    huffman7 (huffman7 when no larger than the best: it decodes faster) into methods/lens.
+    every plane's Huffman and huffman7 blocks, and pick per plane the smallest of raw, huffman,
+    huffman7 and bits (huffman7, then bits, when no larger than the best: they decode faster) into
+    methods/lens.
     v16: the chunk's elements as uint16 when s == 2 (else unused); nseg: the blocks' segments."""
     n = planes.shape[1]
     counts[:] = 0
@@ -347,6 +463,12 @@ def _plan(chunk, v16, s, rot, planes, hist, counts, sizes, lengths, low7, method
             if h7 <= lens[p]:
                 methods[p] = HUFFMAN7
                 lens[p] = h7
+        if n:
+            m, c = _bits_mask(counts[p])
+            nbits = 2 + _popcount8(m) * ((n + 7) // 8)
+            if nbits <= lens[p]:        # no larger than the best: it decodes at memory speed
+                methods[p] = BITS
+                lens[p] = nbits
 
 
 @nb.njit(nogil=True, cache=True)
@@ -379,7 +501,7 @@ def _copy_bytes(dst, src):
 
 @nb.njit(nogil=True, cache=True)
 def _write(planes, methods, lens, counts, low7, lengths, tail, out, nseg):
-    """The writing half: the plane table and every raw/huffman/huffman7 plane (zstd planes are
+    """The writing half: the plane table and every raw/huffman/huffman7/bits plane (zstd planes are
     left for the caller), then the tail; out holds the whole payload + 8 spare bytes. Returns the
     payload size, or -1 - p if plane p's block did not come out at its planned size. Masks the
     huffman7 planes to their low 7 bits in place."""
@@ -404,6 +526,9 @@ def _write(planes, methods, lens, counts, low7, lengths, tail, out, nseg):
                 return -1 - p
         elif m == RAW:
             _copy_bytes(out[off:end], planes[p])
+        elif m == BITS:
+            bm, bc = _bits_mask(counts[p])
+            _pack_bits(planes[p], bm, bc, out, off)
         off = end
     for i in range(tail.shape[0]):
         out[off + i] = tail[i]
@@ -517,11 +642,14 @@ def _merge_wide(out16, low, top, rot):
 
 _NEEDS_ZSTD = 1
 _ERR_SHORT, _ERR_METHOD, _ERR_RAWLEN, _ERR_PAST, _ERR_TOTAL, _ERR_TOPMAP = 2, 3, 4, 5, 6, 7
+_ERR_BITS, _ERR_BITSPAD = 8, 9
 _ERR_PLANE = 1000      # + 100 * plane + block status
 _LAYOUT_TEXT = {_ERR_SHORT: "payload shorter than its plane table", _ERR_METHOD: "a plane has an unknown method",
                 _ERR_RAWLEN: "a raw plane has the wrong length", _ERR_PAST: "a plane runs past the payload end",
                 _ERR_TOTAL: "payload size differs from what its plane table implies",
-                _ERR_TOPMAP: "a huffman7 plane is shorter than its top-bit map"}
+                _ERR_TOPMAP: "a huffman7 plane is shorter than its top-bit map",
+                _ERR_BITS: "a bits plane's length does not match its mask, or its base has masked bits set",
+                _ERR_BITSPAD: "a bits plane has bits set past the plane's end"}
 
 
 def _make_chunk_decoder(nseg, kind, has_wide):
@@ -547,12 +675,15 @@ def _make_chunk_decoder(nseg, kind, has_wide):
             m = buf[5 * p]
             ln = np.int64(buf[5 * p + 1]) | (np.int64(buf[5 * p + 2]) << 8) | (np.int64(buf[5 * p + 3]) << 16) \
                 | (np.int64(buf[5 * p + 4]) << 24)
-            if m > HUFFMAN7:
+            if m > BITS:
                 return _ERR_METHOD
             if m == RAW and ln != n:
                 return _ERR_RAWLEN
             if off + ln > size:
                 return _ERR_PAST
+            if m == BITS and (ln < 2 or ln != 2 + _popcount8(buf[off]) * ((n + 7) // 8)
+                              or buf[off] & buf[off + 1]):
+                return _ERR_BITS
             if m == HUFFMAN7 and ln < (n + 7) // 8:
                 return _ERR_TOPMAP
             if m == ZSTD:
@@ -593,7 +724,10 @@ def _make_chunk_decoder(nseg, kind, has_wide):
             else:
                 src[p] = -1
         for p in range(s):
-            if src[p] < 0:
+            if src[p] < 0 and buf[5 * p] == BITS:
+                if _unpack_bits(buf[offs[p]:offs[p] + lens[p]], planes[p]):
+                    return _ERR_BITSPAD
+            elif src[p] < 0:
                 off = offs[p]
                 nb8 = (n + 7) // 8 if buf[5 * p] == HUFFMAN7 else 0     # method 3: top bits first
                 body = buf[off + nb8:off + lens[p]]
@@ -760,6 +894,12 @@ class ByteGroup(Codec):
                                   f"{(n + 7) // 8}-byte top-bit map")
             if off + ln > buf.size:
                 raise FormatError(f"{what}: plane {p} ({ln} bytes at {off}) runs past the payload end {buf.size}")
+            if m == BITS:
+                bm, bc = (int(buf[off]), int(buf[off + 1])) if ln >= 2 else (0, 0)
+                want = 2 + bin(bm).count("1") * ((n + 7) // 8)
+                if ln != want or bm & bc:
+                    raise FormatError(f"{what}: bits plane {p} ({ln} bytes, mask {bm:#04x}, base {bc:#04x}) "
+                                      f"should be {want} bytes with no masked bit in its base")
             entries.append((m, off, ln))
             off += ln
         if off + t != buf.size:
@@ -800,6 +940,9 @@ class ByteGroup(Codec):
                 nb8 = (n + 7) // 8
                 huffman.decode_block(body[nb8:], planes[p], f"{what} plane {p}", self.segments)
                 _or_top_bits(planes[p], body[:nb8])
+            elif m == BITS:
+                if _unpack_bits(body, planes[p]):
+                    raise FormatError(f"{what}: bits plane {p} has bits set past the plane's end")
             else:
                 decompress_into(body, planes[p], f"{what} plane {p} (zstd)")
         _merge(planes, s, self.rotate, out)
