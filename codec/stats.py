@@ -25,7 +25,7 @@ def entropy_bits_of_counts(counts: np.ndarray) -> float:
     if n == 0:
         return 0.0
     p = counts[counts > 0] / n
-    return float(-(counts[counts > 0] * np.log2(p)).sum())
+    return max(0.0, float(-(counts[counts > 0] * np.log2(p)).sum()))    # a constant stream: 0, not -0
 
 
 def byte_entropy_bits(data: np.ndarray) -> float:
