@@ -504,6 +504,27 @@ def test_f32_chunk_decodes_into_any_alignment():
         assert not buf[:start].any() and not buf[start + b.size:].any()
 
 
+@pytest.mark.parametrize("dtype", ["F64", "I64"])
+def test_8_byte_chunks_encode_and_decode_at_any_alignment(dtype):
+    # 8-byte elements split and merge through 8 rows of whole words: from and into odd addresses,
+    # and at a rotation other than the defaults
+    v = sample(dtype, 5001, 6).view(np.uint8)
+    for rotate in (None, 5):
+        c = ByteGroup().fit(ArraySource(v), dtype)
+        if rotate is not None:
+            c.rotate = rotate
+        for off in (0, 1, 3, 8):
+            src = np.zeros(v.size + 16, np.uint8)
+            src[off:off + v.size] = v
+            e = c.encode(src[off:off + v.size])
+            assert np.array_equal(ref.bytegroup_decode(e, c.get_config(), v.size), v)
+            buf = np.zeros(v.size + 64, np.uint8)
+            start = off + (-buf.ctypes.data) % 32
+            c.decode(e, buf[start:start + v.size])
+            assert np.array_equal(buf[start:start + v.size], v)
+            assert not buf[:start].any() and not buf[start + v.size:].any()
+
+
 def test_huge_chunks_do_not_stay_in_the_thread_scratch():
     from codec.transforms import bytegroup as bg
 

@@ -81,6 +81,32 @@ def _split4_rows(w, p0, p1, p2, p3, r, q):
         p3[i] = np.uint8(x >> np.uint32(24))
 
 
+@nb.njit(nogil=True, cache=True, inline="always")
+def _split8_rows(w, p0, p1, p2, p3, p4, p5, p6, p7, r, q):
+    """The bytes of w[i] rotated left by r (q = 64 - r, or 0 for 0), lowest in p0."""
+    for i in range(p0.shape[0]):
+        x = (w[i] << r) | (w[i] >> q)
+        p0[i] = np.uint8(x & np.uint64(255))
+        p1[i] = np.uint8((x >> np.uint64(8)) & np.uint64(255))
+        p2[i] = np.uint8((x >> np.uint64(16)) & np.uint64(255))
+        p3[i] = np.uint8((x >> np.uint64(24)) & np.uint64(255))
+        p4[i] = np.uint8((x >> np.uint64(32)) & np.uint64(255))
+        p5[i] = np.uint8((x >> np.uint64(40)) & np.uint64(255))
+        p6[i] = np.uint8((x >> np.uint64(48)) & np.uint64(255))
+        p7[i] = np.uint8(x >> np.uint64(56))
+
+
+@nb.njit(nogil=True, cache=True, inline="always")
+def _merge8_rows(p0, p1, p2, p3, p4, p5, p6, p7, w, r, q):
+    """w[i] = the bytes p0[i] (lowest) .. p7[i] rotated right by r (q = 64 - r, or 0 for 0)."""
+    for i in range(p0.shape[0]):
+        x = np.uint64(p0[i]) | (np.uint64(p1[i]) << np.uint64(8)) | (np.uint64(p2[i]) << np.uint64(16)) \
+            | (np.uint64(p3[i]) << np.uint64(24)) | (np.uint64(p4[i]) << np.uint64(32)) \
+            | (np.uint64(p5[i]) << np.uint64(40)) | (np.uint64(p6[i]) << np.uint64(48)) \
+            | (np.uint64(p7[i]) << np.uint64(56))
+        w[i] = (x >> r) | (x << q)
+
+
 @nb.njit(nogil=True, cache=True)
 def _split(src, s, rot, planes):
     n = planes.shape[1]
@@ -111,6 +137,18 @@ def _split(src, s, rot, planes):
         else:
             _split4_rows(w32, p0, p1, p2, p3, np.uint32(rot), np.uint32(32 - rot))
         return
+    if s == 8:      # F64, I64: the same with 8 rows (the byte loop below: 398 us per 512 KiB)
+        w64 = src[:8 * n].view(np.uint64)
+        if rot == 0:
+            _split8_rows(w64, planes[0], planes[1], planes[2], planes[3], planes[4], planes[5], planes[6],
+                         planes[7], np.uint64(0), np.uint64(0))
+        elif rot == 1:
+            _split8_rows(w64, planes[0], planes[1], planes[2], planes[3], planes[4], planes[5], planes[6],
+                         planes[7], np.uint64(1), np.uint64(63))
+        else:
+            _split8_rows(w64, planes[0], planes[1], planes[2], planes[3], planes[4], planes[5], planes[6],
+                         planes[7], np.uint64(rot), np.uint64(64 - rot))
+        return
     mask = np.uint64(0xFFFFFFFFFFFFFFFF) if bits == 64 else (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
     for i in range(n):
         v = np.uint64(0)
@@ -134,6 +172,18 @@ def _merge(planes, s, rot, out):
         return
     if s == 1 and rot == 0:     # one plane: a copy (the byte loop below took 1.2 ms per 512 KiB)
         _copy_bytes(out[:n], planes[0])
+        return
+    if s == 8:      # F64, I64 (the byte loop below: 308 us per 512 KiB)
+        w64 = out[:8 * n].view(np.uint64)
+        if rot == 0:
+            _merge8_rows(planes[0], planes[1], planes[2], planes[3], planes[4], planes[5], planes[6], planes[7],
+                         w64, np.uint64(0), np.uint64(0))
+        elif rot == 1:
+            _merge8_rows(planes[0], planes[1], planes[2], planes[3], planes[4], planes[5], planes[6], planes[7],
+                         w64, np.uint64(1), np.uint64(63))
+        else:
+            _merge8_rows(planes[0], planes[1], planes[2], planes[3], planes[4], planes[5], planes[6], planes[7],
+                         w64, np.uint64(rot), np.uint64(64 - rot))
         return
     mask = np.uint64(0xFFFFFFFFFFFFFFFF) if bits == 64 else (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
     for i in range(n):
