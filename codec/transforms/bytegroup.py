@@ -825,21 +825,26 @@ def _make_chunk_decoder(nseg, kind, has_wide):
                 raw_hi = max(raw_hi, offs[p] + lens[p])
             else:
                 src[p] = -1
+        direct = s == 1 and rot == 0        # one plane, no rotation: decoded straight into out
         for p in range(s):
+            dst = out[:n] if direct else planes[p]
             if src[p] < 0 and buf[5 * p] == BITS:
-                if _unpack_bits(buf[offs[p]:offs[p] + lens[p]], planes[p]):
+                if _unpack_bits(buf[offs[p]:offs[p] + lens[p]], dst):
                     return _ERR_BITSPAD
             elif src[p] < 0:
                 off = offs[p]
                 nb8 = (n + 7) // 8 if buf[5 * p] == HUFFMAN7 else 0     # method 3: top bits first
                 body = buf[off + nb8:off + lens[p]]
-                st = huffman.BLOCK_DECODERS[block](body, planes[p], buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
+                st = huffman.BLOCK_DECODERS[block](body, dst, buf[raw_lo:raw_hi] if raw_lo < raw_hi else body)
                 raw_hi = raw_lo
                 if st != 0:
                     return _ERR_PLANE + 100 * p + st
                 if nb8:
-                    _or_top_bits(planes[p], buf[off:off + nb8])
-        if s == 4:
+                    _or_top_bits(dst, buf[off:off + nb8])
+        if direct:
+            if src[0] >= 0:
+                _copy_bytes(out[:n], buf[src[0]:src[0] + n])
+        elif s == 4:
             _merge4(planes[0] if src[0] < 0 else buf[src[0]:src[0] + n],
                     planes[1] if src[1] < 0 else buf[src[1]:src[1] + n],
                     planes[2] if src[2] < 0 else buf[src[2]:src[2] + n],
