@@ -335,12 +335,10 @@ def _size_planes(counts, sizes, lengths, low7, nseg):
 
 @nb.njit(nogil=True, cache=True)
 def _or_top_bits(plane, bits):
-    """plane[i] |= bit i of `bits` (MSB-first) << 7: method 3's raw top bits."""
+    """plane[i] |= bit i of `bits` (MSB-first) << 7: method 3's raw top bits (the whole groups as
+    method 4's maps are ORed in)."""
     n = plane.shape[0]
-    for g in range(n >> 3):
-        b = np.uint8(bits[g])
-        for j in range(8):
-            plane[8 * g + j] |= (b << np.uint8(j)) & np.uint8(128)
+    _unpack_map(bits, plane, np.uint64(0), 7, False)
     for i in range(n & ~7, n):
         plane[i] |= (np.uint8(bits[i >> 3]) << np.uint8(i & 7)) & np.uint8(128)
 
